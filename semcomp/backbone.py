@@ -1,0 +1,135 @@
+"""CLIP backbones by name: the embedded offline model, or any open_clip model + pretrained tag.
+
+``load_backbone("semcomp-tiny-clip")`` loads the model shipped in ``weights/backbones/``;
+``load_backbone("ViT-B-32/openai")`` loads a real CLIP through open_clip (downloads on first use);
+``load_backbone("ViT-B-32:/path/to/weights.safetensors")`` loads a local checkpoint offline.
+Models are cached, so an app loads each once.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+EMBEDDED_DEFAULT = "semcomp-tiny-clip"
+REAL_BACKBONES = {  # name -> embedding dim; need a download on first use
+    "ViT-B-32/openai": 512,
+    "ViT-L-14/openai": 768,
+    "ViT-L-14-336/openai": 768,
+}
+
+
+class BackboneError(ValueError):
+    """Unknown backbone name, missing or altered weights."""
+
+
+class Backbone:
+    """A CLIP dual encoder with one interface: images/texts in, L2-normalised features out."""
+
+    def __init__(self, name: str, model, preprocess, tokenizer=None, dim: int | None = None, logit_scale: float = 100.0):
+        self.name = name
+        self.model = model.eval()
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.logit_scale = float(logit_scale)
+        self.dim = dim
+
+    @torch.inference_mode()
+    def encode_images(self, images, batch_size: int = 256) -> torch.Tensor:
+        """PIL images (or a preprocessed (B, 3, H, W) tensor) -> (B, D) normalised features."""
+        if isinstance(images, torch.Tensor):
+            batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+        else:
+            images = list(images)
+            batches = [torch.stack([self.preprocess(im) for im in images[i : i + batch_size]]) for i in range(0, len(images), batch_size)]
+        return torch.cat([F.normalize(self.model.encode_image(b).float(), dim=-1) for b in batches])
+
+    @torch.inference_mode()
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        if self.tokenizer is None:  # the embedded model takes strings
+            z = self.model.encode_text(texts)
+        else:
+            z = self.model.encode_text(self.tokenizer(texts))
+        return F.normalize(z.float(), dim=-1)
+
+
+def embedded_names() -> list[str]:
+    d = WEIGHTS_DIR / "backbones"
+    return sorted(p.name for p in d.iterdir() if (p / "config.json").exists()) if d.is_dir() else []
+
+
+def load_embedded(path: str | Path, verify: bool = True) -> Backbone:
+    from safetensors.torch import load_file
+
+    from .embedded_clip import EmbeddedClip, EmbeddedClipConfig
+
+    path = Path(path)
+    w = path / "model.safetensors"
+    if not w.exists():
+        raise BackboneError(f"embedded backbone weights not found: {w}")
+    card = json.loads((path / "card.json").read_text()) if (path / "card.json").exists() else {}
+    if verify and card.get("sha256") and hashlib.sha256(w.read_bytes()).hexdigest() != card["sha256"]:
+        raise BackboneError(f"weights file {w} does not match the sha256 in its card (altered or truncated)")
+    cfg = EmbeddedClipConfig.from_dict(json.loads((path / "config.json").read_text()))
+    model = EmbeddedClip(cfg)
+    sd = {k: v.float() for k, v in load_file(str(w)).items()}
+    model.load_state_dict(sd)
+    return Backbone(path.name, model, model.preprocess(), None, cfg.embed_dim, float(model.logit_scale.exp()))
+
+
+def load_open_clip(spec: str) -> Backbone:
+    """``MODEL/TAG`` (pretrained tag, downloads) or ``MODEL:/local/checkpoint`` (offline)."""
+    import open_clip
+
+    if ":" in spec:
+        arch, ckpt = spec.split(":", 1)
+        if not Path(ckpt).exists():
+            raise BackboneError(f"checkpoint not found: {ckpt}")
+        pretrained = ckpt
+    elif "/" in spec:
+        arch, pretrained = spec.split("/", 1)
+    else:
+        arch, pretrained = spec, None
+    if arch not in open_clip.list_models():
+        raise BackboneError(f"unknown open_clip model {arch!r}; e.g. {sorted(REAL_BACKBONES)} or {embedded_names()}")
+    model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained)
+    tokenizer = open_clip.get_tokenizer(arch)
+    dim = model.text_projection.shape[1] if getattr(model, "text_projection", None) is not None else None
+    return Backbone(spec, model, preprocess, tokenizer, dim, float(model.logit_scale.exp()))
+
+
+@functools.lru_cache(maxsize=4)
+def load_backbone(name: str = EMBEDDED_DEFAULT) -> Backbone:
+    """Load (once) a backbone by name; see the module docstring for the accepted forms."""
+    if name in embedded_names():
+        return load_embedded(WEIGHTS_DIR / "backbones" / name)
+    if Path(name).is_dir() and (Path(name) / "config.json").exists():
+        return load_embedded(name)
+    return load_open_clip(name)
+
+
+def available_backbones() -> dict[str, str]:
+    """Names for menus: embedded ones are offline; real CLIPs are marked as needing a download."""
+    out = {n: "embedded, offline" for n in embedded_names()}
+    out.update({n: "needs download" for n in REAL_BACKBONES})
+    return out
+
+
+def features_from_uint8(backbone: Backbone, images: np.ndarray, batch_size: int = 500) -> torch.Tensor:
+    """Encode an in-memory (N, H, W, 3) uint8 array with the embedded model's exact preprocessing."""
+    from .embedded_clip import normalize_uint8_batch
+
+    out = []
+    for i in range(0, len(images), batch_size):
+        out.append(backbone.encode_images(normalize_uint8_batch(torch.from_numpy(images[i : i + batch_size]))))
+    return torch.cat(out)

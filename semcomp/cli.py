@@ -1,0 +1,252 @@
+"""``semcomp`` command line: extract, train, eval, encode, decode, train-backbone."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger("semcomp")
+
+
+class CLIError(Exception):
+    pass
+
+
+def _check_out(path: Path, force: bool) -> None:
+    if path.exists() and not force:
+        raise CLIError(f"{path} exists; pass --force to overwrite")
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _select(fs, split_name: str | None, part: str):
+    if not split_name:
+        return fs
+    from .splits import class_split
+
+    keep = np.asarray(class_split(split_name)[f"{part}_classes"])
+    return fs.subset(np.isin(fs.labels, keep))
+
+
+# ----------------------------------------------------------------------------- extract
+def cmd_extract(a) -> None:
+    import torch
+
+    from .backbone import features_from_uint8, load_backbone
+    from .data import FeatureSet, save_features, tiny_imagenet_classes, tiny_imagenet_split
+
+    out = Path(a.out)
+    _check_out(out, a.force)
+    torch.set_num_threads(a.threads) if a.threads else None
+    bb = load_backbone(a.backbone)
+    if a.dataset == "tiny-imagenet":
+        arr = tiny_imagenet_split(a.split, source=a.source)
+        names = [c["name"] for c in tiny_imagenet_classes()]
+        if bb.tokenizer is None and bb.model.cfg.image_size == arr.images.shape[1]:
+            feats = features_from_uint8(bb, arr.images, a.batch_size)
+        else:
+            from PIL import Image
+
+            feats = bb.encode_images((Image.fromarray(im) for im in arr.images), a.batch_size)
+        labels = arr.labels
+    else:
+        raise CLIError(f"unknown dataset {a.dataset!r}; choose 'tiny-imagenet'")
+    text = bb.encode_text([a.template.format(n) for n in names])
+    meta = {"backbone": bb.name, "dataset": a.dataset, "split": a.split, "class_names": names, "template": a.template,
+            "source": a.source or "shared shards"}
+    save_features(out, FeatureSet(feats.numpy(), labels, meta), extra={"text_features": text.numpy()})
+    logger.info("wrote %s: %s features", out, tuple(feats.shape))
+
+
+# ----------------------------------------------------------------------------- train
+def cmd_train(a) -> None:
+    import torch
+
+    from .data import load_features
+    from .training.codec import train_codec
+
+    torch.set_num_threads(a.threads) if a.threads else None
+    fs = _select(load_features(a.features), a.split_name, "train")
+    for spec in a.spec:
+        out = Path(a.out_dir) / spec
+        if (out / "model.safetensors").exists() and not a.force:
+            raise CLIError(f"{out} exists; pass --force to overwrite")
+        ckpt = Path(a.ckpt_dir) / f"{spec}.pt" if a.ckpt_dir else None
+        codec, card = train_codec(spec, fs.features, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, ckpt_path=ckpt)
+        codec.backbone = fs.metadata.get("backbone", "")
+        card.update({"backbone": codec.backbone, "data": {"features": str(a.features), "split": a.split_name,
+                     "classes": "train", "dataset": fs.metadata.get("dataset")},
+                     "command": "semcomp " + " ".join(a.argv)})
+        codec.save_pretrained(out, card)
+        logger.info("saved %s (%d bits, holdout cosine %.4f)", out, codec.bits, card["holdout_cosine"])
+
+
+# ----------------------------------------------------------------------------- eval
+def cmd_eval(a) -> None:
+    from .codecs import load_codec
+    from .data import load_features
+    from .evaluation import embedding_spread, evaluate_codec
+    from .heads.zeroshot import ZeroShotClassifier
+
+    fs = load_features(a.features)
+    text = fs.metadata["_extra"].get("text_features")
+    names = fs.metadata.get("class_names", [])
+    rows = []
+    part = _select(fs, a.split_name, "test")
+    if len(part.features) == 0:
+        raise CLIError("no features left after selecting the evaluation classes")
+    clf = None
+    labels = part.labels
+    if text is not None and a.split_name:
+        from .splits import class_split
+
+        test_classes = class_split(a.split_name)["test_classes"]
+        clf = ZeroShotClassifier(text[test_classes], [names[i] for i in test_classes])  # N-way among unseen classes
+        remap = {c: i for i, c in enumerate(test_classes)}
+        labels = np.asarray([remap[int(l)] for l in part.labels])
+    elif text is not None:
+        clf = ZeroShotClassifier(text, names)
+    for path in a.codec:
+        codec = load_codec(path)
+        if codec.dim != fs.dim:
+            raise CLIError(f"codec {codec.spec} is {codec.dim}-d, features are {fs.dim}-d")
+        r = evaluate_codec(codec, part.features, labels, clf, coders=a.coders)
+        rows.append(r)
+        logger.info("%s", json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}))
+    report = {"features": str(a.features), "backbone": fs.metadata.get("backbone"), "split": a.split_name,
+              "eval_items": int(len(part.features)), "classes": len(clf.class_names) if clf else None,
+              "embedding_spread": embedding_spread(part.features), "results": rows}
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(report, indent=2))
+    else:
+        print(json.dumps(report, indent=2))
+
+
+# ----------------------------------------------------------------------------- encode / decode
+def cmd_encode(a) -> None:
+    from .codecs import load_codec
+    from .data import load_features
+
+    out = Path(a.out)
+    _check_out(out, a.force)
+    codec = load_codec(a.codec)
+    fs = load_features(a.features)
+    blob = codec.compress(fs.features, a.coder)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(blob)
+    tmp.replace(out)
+    logger.info("%d features -> %d bytes (%.1f bits/feature; fixed %d)", len(fs.features), len(blob), 8 * len(blob) / len(fs.features), codec.bits)
+
+
+def cmd_decode(a) -> None:
+    from .codecs import load_codec
+    from .data import FeatureSet, save_features
+
+    out = Path(a.out)
+    _check_out(out, a.force)
+    src = Path(a.input)
+    if not src.exists():
+        raise CLIError(f"input not found: {src}")
+    codec = load_codec(a.codec)
+    feats = codec.decompress(src.read_bytes())
+    save_features(out, FeatureSet(feats.numpy(), np.full(len(feats), -1), {"backbone": codec.backbone, "decoded_by": codec.spec}))
+    logger.info("decoded %d features -> %s", len(feats), out)
+
+
+def cmd_train_backbone(a) -> None:
+    from .training.backbone import train_backbone
+
+    train_backbone(a.out, a.ckpt_dir, train_source=a.train_source, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr,
+                   seed=a.seed, threads=a.threads)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="semcomp", description="Semantic compression of CLIP features.")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    e = sub.add_parser("extract", help="images -> CLIP feature file (safetensors)")
+    e.add_argument("--backbone", default="semcomp-tiny-clip")
+    e.add_argument("--dataset", default="tiny-imagenet")
+    e.add_argument("--split", default="val", choices=["train", "val"])
+    e.add_argument("--source", help="Tiny-ImageNet folder layout with all train images (default: shared shards)")
+    e.add_argument("--template", default="a photo of a {}.")
+    e.add_argument("--batch-size", type=int, default=500)
+    e.add_argument("--threads", type=int)
+    e.add_argument("--out", required=True)
+    e.add_argument("--force", action="store_true")
+    e.set_defaults(func=cmd_extract)
+
+    t = sub.add_parser("train", help="train codecs on a feature file")
+    t.add_argument("--spec", nargs="+", required=True, help="codec specs, e.g. pqvae-n32d8k16 aesq-c200l8")
+    t.add_argument("--features", required=True)
+    t.add_argument("--split-name", help="train only on this committed split's training classes, e.g. tiny-imagenet")
+    t.add_argument("--out-dir", default="weights/codecs")
+    t.add_argument("--ckpt-dir", default=str(Path.home() / ".cache" / "semcomp" / "codec-ckpt"))
+    t.add_argument("--epochs", type=int, default=30)
+    t.add_argument("--batch-size", type=int, default=256)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int)
+    t.add_argument("--force", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    v = sub.add_parser("eval", help="bits, cosine and zero-shot accuracy of codecs on a feature file")
+    v.add_argument("--codec", nargs="+", required=True)
+    v.add_argument("--features", required=True)
+    v.add_argument("--split-name", help="evaluate on this split's unseen classes (N-way among them)")
+    v.add_argument("--coders", nargs="*", default=["ans", "huffman"])
+    v.add_argument("--out")
+    v.set_defaults(func=cmd_eval)
+
+    en = sub.add_parser("encode", help="features -> .scf bitstream")
+    en.add_argument("--codec", required=True)
+    en.add_argument("--features", required=True)
+    en.add_argument("--coder", default="ans", choices=["raw", "huffman", "ans"])
+    en.add_argument("--out", required=True)
+    en.add_argument("--force", action="store_true")
+    en.set_defaults(func=cmd_encode)
+
+    de = sub.add_parser("decode", help=".scf bitstream -> features")
+    de.add_argument("--codec", required=True)
+    de.add_argument("--in", dest="input", required=True)
+    de.add_argument("--out", required=True)
+    de.add_argument("--force", action="store_true")
+    de.set_defaults(func=cmd_decode)
+
+    b = sub.add_parser("train-backbone", help="train the embedded CLIP on Tiny-ImageNet")
+    b.add_argument("--out", default="weights/backbones/semcomp-tiny-clip")
+    b.add_argument("--ckpt-dir", default=str(Path.home() / ".cache" / "semcomp" / "backbone" / "ckpt"))
+    b.add_argument("--train-source", help="Tiny-ImageNet folder layout with all 500 train images per class")
+    b.add_argument("--epochs", type=int, default=10)
+    b.add_argument("--batch-size", type=int, default=256)
+    b.add_argument("--lr", type=float, default=3e-3)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--threads", type=int)
+    b.set_defaults(func=cmd_train_backbone)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    a = build_parser().parse_args(argv)
+    a.argv = argv
+    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from .bitstream import BitstreamError
+    from .codecs import CodecError
+    from .data import DataError
+
+    try:
+        a.func(a)
+    except (CLIError, BitstreamError, CodecError, DataError, FileNotFoundError) as e:
+        logger.error("%s", e)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

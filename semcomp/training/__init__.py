@@ -1,0 +1,1 @@
+"""Training code, kept apart from inference (importing ``semcomp`` never imports this package)."""

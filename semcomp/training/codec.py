@@ -1,0 +1,100 @@
+"""Codec training (``semcomp train``): task-agnostic, cosine loss, checkpoint picked on held-out items of
+the *training* classes (never on the evaluation classes), entropy model fitted on training features only."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..codecs import Codec, create_codec
+from ..codecs.dsq import DirectScalarQuantizer
+from .checkpoint import load_checkpoint, save_checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+def cosine_loss(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return (1 - F.cosine_similarity(x_hat, x, dim=-1)).mean()
+
+
+@torch.no_grad()
+def mean_cosine(codec: Codec, x: torch.Tensor, batch: int = 4096) -> float:
+    cos = [F.cosine_similarity(codec.reconstruct(x[i : i + batch]), x[i : i + batch], dim=-1) for i in range(0, len(x), batch)]
+    return float(torch.cat(cos).mean())
+
+
+def holdout_split(n: int, val_frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    perm = np.random.default_rng(seed).permutation(n)
+    k = max(1, int(round(n * val_frac)))
+    return perm[k:], perm[:k]
+
+
+def train_codec(spec: str, features: np.ndarray, epochs: int = 30, batch_size: int = 256, lr: float = 1e-3,
+                weight_decay: float = 0.0, seed: int = 0, val_frac: float = 0.1, ckpt_path: str | Path | None = None,
+                codec_kwargs: dict | None = None, progress: bool = True) -> tuple[Codec, dict]:
+    """Train one codec on (N, D) L2-normalised features. Returns the best (by held-out cosine) codec and a
+    card with the training record. Resumes from ``ckpt_path`` if it exists."""
+    from tqdm import tqdm
+
+    torch.manual_seed(seed)
+    x_all = F.normalize(torch.as_tensor(features, dtype=torch.float32), dim=-1)
+    tr_idx, va_idx = holdout_split(len(x_all), val_frac, seed)
+    x_tr, x_va = x_all[tr_idx], x_all[va_idx]
+    codec = create_codec(spec, x_all.shape[1], **(codec_kwargs or {}))
+    if isinstance(codec, DirectScalarQuantizer):
+        codec.init_from_data(x_tr)
+    opt = torch.optim.Adam(codec.parameters(), lr=lr, weight_decay=weight_decay)
+    steps_per_epoch = max(1, len(x_tr) // batch_size)
+    total = epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    start_epoch, history, best = 0, [], (-1.0, None)
+    state = load_checkpoint(ckpt_path) if ckpt_path else None
+    if state and state.get("spec") == spec:
+        # Buffers that the library resizes lazily must exist before load_state_dict.
+        codec.load_state_dict(state["codec"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        start_epoch, history = state["epoch"], state["history"]
+        best = (state["best_cos"], state["best_state"])
+        torch.set_rng_state(state["rng"])
+        logger.info("%s: resumed after epoch %d", spec, start_epoch)
+    t0 = time.time() - (state["elapsed"] if state and state.get("spec") == spec else 0.0)
+    for epoch in range(start_epoch, epochs):
+        codec.train()
+        perm = torch.randperm(len(x_tr))
+        bar = tqdm(range(steps_per_epoch), desc=f"{spec} {epoch + 1}/{epochs}", disable=not progress, leave=False)
+        tot = 0.0
+        for it in bar:
+            xb = x_tr[perm[it * batch_size : (it + 1) * batch_size]]
+            x_hat, aux = codec(xb)
+            loss = cosine_loss(x_hat, xb) + aux
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            tot += loss.item()
+        val_cos = mean_cosine(codec, x_va)
+        history.append({"epoch": epoch + 1, "train_loss": tot / steps_per_epoch, "val_cosine": val_cos})
+        if val_cos > best[0]:
+            best = (val_cos, {k: v.detach().clone() for k, v in codec.state_dict().items()})
+        if ckpt_path:
+            save_checkpoint({"spec": spec, "codec": codec.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                             "epoch": epoch + 1, "history": history, "best_cos": best[0], "best_state": best[1],
+                             "rng": torch.get_rng_state(), "elapsed": time.time() - t0}, ckpt_path)
+        logger.info("%s epoch %d: %s", spec, epoch + 1, history[-1])
+    codec.load_state_dict(best[1])
+    codec.eval()
+    codec.round_to_storage_precision()
+    codec.fit_entropy_model(x_tr)
+    card = {
+        "spec": spec, "bits": codec.bits, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
+        "train_items": int(len(x_tr)), "holdout_items": int(len(x_va)),
+        "holdout_cosine": mean_cosine(codec, x_va), "wall_time_s": round(time.time() - t0, 1), "history": history,
+        "params": int(sum(p.numel() for p in codec.parameters())),
+    }
+    return codec, card
