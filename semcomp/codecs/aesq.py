@@ -17,7 +17,7 @@ class AutoencoderScalarQuantizer(Codec):
     spec_pattern = r"aesq-c(?P<c>\d+)l(?P<l>\d+)"
     spec_format = "aesq-c{c}l{l}"
 
-    def __init__(self, dim: int, c: int = 200, l: int = 8, hidden: int = 1024, commitment: float = 0.25):
+    def __init__(self, dim: int, c: int = 200, l: int = 8, hidden: int = 512, commitment: float = 0.25):
         require_power_of_two("levels L", l)
         super().__init__(dim, c=c, l=l, hidden=hidden)
         self.commitment = commitment

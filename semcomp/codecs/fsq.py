@@ -20,7 +20,7 @@ class FSQCodec(Codec):
     spec_pattern = r"fsq-c(?P<c>\d+)l(?P<l>\d+)"
     spec_format = "fsq-c{c}l{l}"
 
-    def __init__(self, dim: int, c: int = 64, l: int = 8, hidden: int = 1024):
+    def __init__(self, dim: int, c: int = 64, l: int = 8, hidden: int = 512):
         require_power_of_two("levels L", l)
         super().__init__(dim, c=c, l=l, hidden=hidden)
         self.encoder = mlp([dim, hidden, hidden, c])

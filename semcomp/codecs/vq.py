@@ -18,7 +18,7 @@ from .base import Codec, CodecError, mlp, require_power_of_two
 class _VQAutoencoder(Codec):
     shared_codebook: bool
 
-    def __init__(self, dim: int, n: int = 8, d: int = 16, k: int = 16, hidden: int = 1024, commitment: float = 0.25,
+    def __init__(self, dim: int, n: int = 8, d: int = 16, k: int = 16, hidden: int = 512, commitment: float = 0.25,
                  decay: float = 0.99, dead_code_threshold: float = 2.0):
         require_power_of_two("codebook size K", k)
         if n < 1 or d < 1:

@@ -1,0 +1,79 @@
+"""Codec throughput on CPU: encode (+ entropy coding) and decode, features/s, at 64/256/600 bits.
+
+Untrained codecs of the shipped architectures are timed (speed does not depend on the weights; the
+entropy tables are fitted on the same synthetic features so ANS/Huffman work on realistic skews).
+    python bench/codec_speed.py --threads 1
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import record  # noqa: E402
+from semcomp.codecs import create_codec  # noqa: E402
+
+SPECS = {64: ["pqvae-n16d8k16", "aesq-c32l4", "fsq-c32l4"], 256: ["pqvae-n64d8k16", "aesq-c128l4"],
+         600: ["pqvae-n200d16k8", "pqvae-n50d64k4096", "aesq-c200l8"]}
+
+
+def timeit(fn, min_time=1.0):
+    fn()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < min_time:
+        fn()
+        n += 1
+    return (time.perf_counter() - t0) / n
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=4096)
+    ap.add_argument("--huffman-batch", type=int, default=256)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    x = F.normalize(torch.randn(a.batch, a.dim), dim=-1)
+    rows = []
+    for bits, specs in SPECS.items():
+        for spec in specs:
+            c = create_codec(spec, a.dim)
+            c.eval()
+            c.fit_entropy_model(x)
+            s = c.encode(x)
+            row = {"spec": spec, "bits": c.bits, "batch": a.batch}
+            row["encode_symbols_per_s"] = a.batch / timeit(lambda: c.encode(x))
+            row["decode_symbols_per_s"] = a.batch / timeit(lambda: c.decode(s))
+            for coder in ("raw", "ans"):
+                row[f"encode+{coder}_per_s"] = a.batch / timeit(lambda: c.compress(x, coder))
+                blob = c.compress(x, coder)
+                row[f"decompress_{coder}_per_s"] = a.batch / timeit(lambda: c.decompress(blob))
+            xh = x[: a.huffman_batch]
+            blob = c.compress(xh, "huffman")
+            row["encode+huffman_per_s"] = a.huffman_batch / timeit(lambda: c.compress(xh, "huffman"), 0.5)
+            row["decompress_huffman_per_s"] = a.huffman_batch / timeit(lambda: c.decompress(blob), 0.5)
+            one = x[:1]
+            lat = []
+            for _ in range(200):
+                t0 = time.perf_counter()
+                c.decompress(c.compress(one, "ans"))
+                lat.append(time.perf_counter() - t0)
+            lat.sort()
+            row["single_item_roundtrip_ms_p50"] = 1e3 * lat[100]
+            row["single_item_roundtrip_ms_p99"] = 1e3 * lat[197]
+            rows.append(row)
+            print({k: (round(v) if isinstance(v, float) and v > 10 else v) for k, v in row.items()}, flush=True)
+    path = record(f"codec_speed_{a.threads}thread", {"dim": a.dim, "threads": a.threads, "results": rows,
+                  "note": "untrained codecs of the shipped architectures on random unit vectors; speed only"})
+    print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""A semantic link: image -> backbone feature -> codec -> ``.scf`` bytes -> decoded feature.
+
+The sender and receiver halves are separate methods so the receiver provably sees only the bytes."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .backbone import Backbone
+from .codecs import Codec
+
+
+@dataclass
+class Transmission:
+    blob: bytes  # the .scf bitstream, everything the receiver gets
+    fixed_bits: int  # the codec's fixed-length budget per feature
+    payload_bits: int  # entropy-coded symbol bits
+    original: torch.Tensor  # (D,) sender's float feature
+    decoded: torch.Tensor  # (D,) receiver's feature, decoded from blob
+
+    @property
+    def cosine(self) -> float:
+        return float(F.cosine_similarity(self.original, self.decoded, dim=0))
+
+
+class SemanticLink:
+    def __init__(self, backbone: Backbone, codec: Codec, coder: str = "ans"):
+        if backbone.dim is not None and backbone.dim != codec.dim:
+            raise ValueError(f"codec {codec.spec} is for {codec.dim}-d features, backbone {backbone.name} gives {backbone.dim}-d")
+        self.backbone, self.codec, self.coder = backbone, codec, coder
+
+    def send_feature(self, feature: torch.Tensor) -> bytes:
+        return self.codec.compress(feature.reshape(1, -1), self.coder)
+
+    def receive(self, blob: bytes) -> torch.Tensor:
+        return self.codec.decompress(blob)[0]
+
+    def transmit_image(self, image) -> Transmission:
+        f = self.backbone.encode_images([image])[0]
+        blob = self.send_feature(f)
+        payload = self.codec.entropy_coder.encode(self.codec.encode(f[None]).numpy(), self.coder)
+        return Transmission(blob, self.codec.bits, 8 * len(payload), f, self.receive(blob))

@@ -1,0 +1,22 @@
+"""The shipped codec weights: ``weights/codecs/<backbone>/<spec>/`` (config.json, model.safetensors, card.json)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .backbone import WEIGHTS_DIR
+
+CODECS_DIR = WEIGHTS_DIR / "codecs"
+
+
+def shipped_codecs(backbone: str) -> list[dict]:
+    """Every shipped codec for a backbone: ``{"spec", "family", "bits", "path", "card"}``, sorted by bits."""
+    d = CODECS_DIR / backbone.replace("/", "_")
+    out = []
+    if d.is_dir():
+        for p in sorted(d.iterdir()):
+            if (p / "config.json").exists() and (p / "model.safetensors").exists():
+                cfg = json.loads((p / "config.json").read_text())
+                card = json.loads((p / "card.json").read_text()) if (p / "card.json").exists() else {}
+                out.append({"spec": cfg["spec"], "family": cfg["family"], "bits": cfg["bits"], "path": p, "card": card})
+    return sorted(out, key=lambda r: (r["bits"], r["spec"]))
