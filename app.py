@@ -96,7 +96,7 @@ class Demo:
             f"### {codec.spec} — {codec.bits} bits fixed\n"
             f"| | value |\n|---|---|\n"
             f"| fixed-length symbols | **{codec.bits} bits** ({codec.bits / codec.dim:.3f} bits/dim) |\n"
-            f"| entropy-coded payload ({coder}) | **{tx.payload_bits} bits** |\n"
+            f"| entropy-coded payload ({SemanticLink.coder_of(tx.blob)}) | **{tx.payload_bits} bits** |\n"
             f"| whole `.scf` file (header + CRC) | {len(tx.blob)} bytes |\n"
             f"| float32 feature | {fl} bits → ratio **{fl / max(1, tx.payload_bits):.0f}×** |\n"
             f"| JPEG q75 of this image ({w}×{h}) | {jpeg_bits} bits ({jpeg_bits / (w * h):.3f} bpp) → {jpeg_bits / max(1, tx.payload_bits):.0f}× more |\n"
@@ -156,9 +156,9 @@ def build(demo: Demo):
                 image = gr.Image(type="pil", label="Image", sources=["upload", "clipboard", "webcam"])
                 gr.Examples(EXAMPLES, inputs=image)
                 family = gr.Dropdown(demo.families(), value=fam0, label="Codec family")
-                bits = gr.Slider(min(b0), max(b0), value=min(b0, key=lambda b: abs(b - 256)), step=1,
-                                 label="Bit budget (snaps to shipped codecs)")
-                coder = gr.Radio(["ans", "huffman", "raw"], value="ans", label="Entropy coder")
+                bits = gr.Slider(min(b0), max(max(b0), min(b0) + 1), value=min(b0, key=lambda b: abs(b - 256)), step=1,
+                                 label=f"Bit budget (snaps to the shipped budgets: {', '.join(map(str, b0))})")
+                coder = gr.Radio(["auto", "ans", "huffman", "raw"], value="auto", label="Entropy coder (auto: smallest)")
                 label_set = gr.Dropdown(list(demo.label_sets) + ["Custom"], value="Tiny-ImageNet-200", label="Labels")
                 custom = gr.Textbox(label="Custom labels (comma-separated)", placeholder="cat, dog, fire truck")
                 go = gr.Button("Compress and transmit", variant="primary")
@@ -172,7 +172,8 @@ def build(demo: Demo):
 
         def on_family(f):
             b = demo.budgets(f)
-            return gr.Slider(minimum=min(b), maximum=max(b), value=b[len(b) // 2])
+            return gr.Slider(minimum=min(b), maximum=max(max(b), min(b) + 1), value=b[len(b) // 2],
+                             label=f"Bit budget (snaps to the shipped budgets: {', '.join(map(str, b))})")
 
         family.change(on_family, family, bits)
         go.click(demo.run, [image, family, bits, coder, label_set, custom], [stats, orig, dec, scf, plot], api_name="transmit")

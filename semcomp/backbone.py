@@ -84,7 +84,7 @@ def load_embedded(path: str | Path, verify: bool = True) -> Backbone:
     model = EmbeddedClip(cfg)
     sd = {k: v.float() for k, v in load_file(str(w)).items()}
     model.load_state_dict(sd)
-    return Backbone(path.name, model, model.preprocess(), None, cfg.embed_dim, float(model.logit_scale.exp()))
+    return Backbone(path.name, model, model.preprocess(), None, cfg.embed_dim, model.logit_scale.exp().item())
 
 
 def load_open_clip(spec: str) -> Backbone:
@@ -105,7 +105,7 @@ def load_open_clip(spec: str) -> Backbone:
     model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=pretrained)
     tokenizer = open_clip.get_tokenizer(arch)
     dim = model.text_projection.shape[1] if getattr(model, "text_projection", None) is not None else None
-    return Backbone(spec, model, preprocess, tokenizer, dim, float(model.logit_scale.exp()))
+    return Backbone(spec, model, preprocess, tokenizer, dim, model.logit_scale.exp().item())
 
 
 @functools.lru_cache(maxsize=4)

@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from .backbone import Backbone
+from .bitstream import unpack
 from .codecs import Codec
+from .entropy import coder_name
 
 
 @dataclass
@@ -26,7 +28,7 @@ class Transmission:
 
 
 class SemanticLink:
-    def __init__(self, backbone: Backbone, codec: Codec, coder: str = "ans"):
+    def __init__(self, backbone: Backbone, codec: Codec, coder: str = "auto"):
         if backbone.dim is not None and backbone.dim != codec.dim:
             raise ValueError(f"codec {codec.spec} is for {codec.dim}-d features, backbone {backbone.name} gives {backbone.dim}-d")
         self.backbone, self.codec, self.coder = backbone, codec, coder
@@ -40,5 +42,9 @@ class SemanticLink:
     def transmit_image(self, image) -> Transmission:
         f = self.backbone.encode_images([image])[0]
         blob = self.send_feature(f)
-        payload = self.codec.entropy_coder.encode(self.codec.encode(f[None]).numpy(), self.coder)
+        _, payload = unpack(blob)
         return Transmission(blob, self.codec.bits, 8 * len(payload), f, self.receive(blob))
+
+    @staticmethod
+    def coder_of(blob: bytes) -> str:
+        return coder_name(unpack(blob)[0].coder_id)

@@ -64,3 +64,11 @@ def test_not_bytes_and_garbage_are_rejected(trained):
     for bad in [b"", b"SCF", b"\x00" * 64, "text"]:
         with pytest.raises(BitstreamError):
             codec.decompress(bad)
+
+
+def test_auto_coder_picks_the_smallest_and_decodes(trained):
+    codec, x = trained
+    for n in (1, 40):
+        blob = codec.compress(x[:n], "auto")
+        assert len(blob) == min(len(codec.compress(x[:n], c)) for c in ("raw", "ans", "huffman"))
+        assert np.array_equal(codec.decompress_symbols(blob), codec.encode(x[:n]).numpy())

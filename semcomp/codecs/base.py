@@ -193,11 +193,20 @@ class Codec(nn.Module):
         return self._weights_hash
 
     def compress(self, x, coder: str = "ans") -> bytes:
-        """Features (N, D) -> one self-describing ``.scf`` bitstream."""
-        if coder not in CODER_IDS:
-            raise CodecError(f"unknown entropy coder {coder!r}; choose one of {sorted(CODER_IDS)}")
+        """Features (N, D) -> one self-describing ``.scf`` bitstream.
+
+        ``coder="auto"`` writes whichever coder gives the smallest payload: ANS carries a 32-bit state, so
+        for one or a few features Huffman or raw fixed-length codes are often shorter."""
+        if coder not in CODER_IDS and coder != "auto":
+            raise CodecError(f"unknown entropy coder {coder!r}; choose one of {sorted(CODER_IDS) + ['auto']}")
         symbols = self.encode(x).numpy()
-        payload = self.entropy_coder.encode(symbols, coder)
+        if coder == "auto":
+            tries = ["raw", "ans"] + (["huffman"] if symbols.size <= 8192 else [])
+            payloads = {c: self.entropy_coder.encode(symbols, c) for c in tries}
+            coder = min(tries, key=lambda c: (len(payloads[c]), tries.index(c)))
+            payload = payloads[coder]
+        else:
+            payload = self.entropy_coder.encode(symbols, coder)
         header = bitstream.Header(self.family, CODER_IDS[coder], self.dim, len(symbols), self.weights_hash, self.spec, self.backbone)
         return bitstream.pack(header, payload)
 
