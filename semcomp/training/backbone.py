@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from ..data import tiny_imagenet_classes, tiny_imagenet_split
 from ..embedded_clip import EmbeddedClip, EmbeddedClipConfig, normalize_uint8_batch, save_embedded_clip
+from ..evaluation import embedding_spread
 from ..hardware import cpu_has_bf16
 from .checkpoint import load_checkpoint, save_checkpoint
 
@@ -84,18 +85,6 @@ def zero_shot_eval(model: EmbeddedClip, images: np.ndarray, labels: np.ndarray, 
         "top1": float((top5[:, 0] == y).float().mean()),
         "top5": float((top5 == y[:, None]).any(1).float().mean()),
     }, feats
-
-
-def embedding_spread(feats: torch.Tensor) -> dict:
-    """Mean pairwise cosine and how many principal directions hold 90 % of the variance (collapse check)."""
-    f = F.normalize(feats.float(), dim=-1)
-    n = min(len(f), 4000)
-    g = f[:n] @ f[:n].T
-    mean_cos = float((g.sum() - n) / (n * (n - 1)))
-    s = torch.linalg.svdvals(f - f.mean(0))
-    var = (s**2) / (s**2).sum()
-    k90 = int((var.cumsum(0) < 0.9).sum()) + 1
-    return {"mean_pairwise_cosine": mean_cos, "pca_dirs_90pct_var": k90}
 
 
 def train_backbone(out_dir: str, ckpt_dir: str, train_source: str | None = None, epochs: int = 16, batch_size: int = 256,

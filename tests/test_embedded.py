@@ -1,0 +1,94 @@
+"""Checks on the shipped embedded models (they are in the repo): real images, real semantics."""
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from semcomp.backbone import load_backbone
+from semcomp.codecs import load_codec
+from semcomp.heads.zeroshot import ZeroShotClassifier
+from semcomp.zoo import shipped_codecs
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = sorted((ROOT / "assets" / "examples").glob("tin_val_*.jpg"))
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return load_backbone("semcomp-tiny-clip")
+
+
+@pytest.fixture(scope="module")
+def tin_classifier(backbone):
+    import json
+
+    names = [c["name"] for c in json.loads((ROOT / "assets" / "labels" / "tiny-imagenet-200.json").read_text())]
+    return ZeroShotClassifier.from_backbone(backbone, names)
+
+
+def test_backbone_features_are_normalised_and_text_works(backbone):
+    imgs = [Image.open(p) for p in EXAMPLES]
+    f = backbone.encode_images(imgs)
+    assert f.shape == (len(imgs), 512)
+    assert torch.allclose(f.norm(dim=-1), torch.ones(len(imgs)), atol=1e-4)
+    t = backbone.encode_text(["a photo of a goldfish.", "a photo of a lemon."])
+    assert t.shape == (2, 512)
+
+
+def test_top_budget_keeps_float_zero_shot_accuracy_on_bundled_images(backbone, tin_classifier):
+    imgs = [Image.open(p) for p in EXAMPLES]
+    truth = [re.match(r"tin_val_\d+_(.+)\.jpg", p.name).group(1).replace("_", " ") for p in EXAMPLES]
+    f = backbone.encode_images(imgs)
+    float_hits = sum(r.labels[0] == t for r, t in zip(tin_classifier.predict(f), truth))
+    top = max(shipped_codecs(backbone.name), key=lambda c: c["bits"])
+    codec = load_codec(top["path"])
+    dec = codec.decompress(codec.compress(f))
+    dec_hits = sum(r.labels[0] == t for r, t in zip(tin_classifier.predict(dec), truth))
+    assert float_hits >= len(EXAMPLES) // 2  # the backbone itself recognises most bundled images
+    assert dec_hits >= 0.95 * float_hits
+
+
+def test_more_bits_keep_more_cosine_on_real_features(backbone):
+    f = backbone.encode_images([Image.open(p) for p in sorted((ROOT / "assets" / "examples").glob("*.jpg"))])
+    pq = [c for c in shipped_codecs(backbone.name) if c["family"] == "pqvae" and c["spec"].endswith("d8k16")]
+    cos = []
+    for c in sorted(pq, key=lambda c: c["bits"]):
+        codec = load_codec(c["path"])
+        cos.append(torch.nn.functional.cosine_similarity(codec.reconstruct(f), f).mean().item())
+    assert len(cos) >= 3 and cos[-1] > cos[0]
+
+
+def test_readme_python_snippet_runs():
+    text = (ROOT / "README.md").read_text()
+    code = re.search(r"## Python API\s+```python\n(.*?)```", text, re.S).group(1)
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        exec(compile(code, "README.md", "exec"), {})
+    finally:
+        os.chdir(cwd)
+
+
+def test_app_transmits_an_example_end_to_end():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("app", ROOT / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    demo = app.Demo("semcomp-tiny-clip")
+    assert "pqvae" in demo.families() and len(demo.budgets("pqvae")) >= 3
+    stats, orig, dec, scf, fig = demo.run(Image.open(EXAMPLES[0]), "pqvae", 130, "auto", "Tiny-ImageNet-200", "")
+    assert "cosine(original, decoded)" in stats and len(orig) == 5 and len(dec) == 5
+    assert Path(scf).read_bytes()[:4] == b"SCF\x89"
+    stats, orig, dec, *_ = demo.run(Image.open(EXAMPLES[0]), "aesq", 600, "ans", "Custom", "fish, hat, car")
+    assert set(orig) == {"fish", "hat", "car"}
+    import gradio as gr
+
+    with pytest.raises(gr.Error):
+        demo.run(Image.open(EXAMPLES[0]), "pqvae", 128, "ans", "Custom", " , ")
+    with pytest.raises(gr.Error):
+        demo.run(None, "pqvae", 128, "ans", "Tiny-ImageNet-200", "")
