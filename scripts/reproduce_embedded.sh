@@ -18,8 +18,10 @@ mkdir -p "$FEAT"
 [ -f "$FEAT/tin-val.safetensors" ] || semcomp extract --backbone $BB --split val --out "$FEAT/tin-val.safetensors"
 
 # 3. codecs, trained on the 160 codec-training classes only (assets/splits/tiny-imagenet.json)
-SPECS="pqvae-n4d8k16 pqvae-n8d8k16 pqvae-n16d8k16 pqvae-n32d8k16 pqvae-n64d8k16 pqvae-n128d8k16 pqvae-n200d16k8 pqvae-n100d32k64 pqvae-n50d64k4096 pqvae-n256d8k16
-aesq-c32l4 aesq-c64l4 aesq-c128l4 aesq-c200l8 aesq-c256l16 aesq-c512l16
+# (in priority order: the app's defaults first)
+SPECS="pqvae-n8d8k16 pqvae-n16d8k16 pqvae-n32d8k16 pqvae-n64d8k16 pqvae-n200d16k8 aesq-c200l8 aesq-c250l16 aesq-c500l16
+pqvae-n4d8k16 pqvae-n128d8k16 pqvae-n256d8k16 pqvae-n100d32k64 pqvae-n50d64k4096
+aesq-c32l4 aesq-c64l4 aesq-c128l4
 fsq-c32l4 fsq-c128l4 fsq-c200l8
 vqvae-n1d64k4096 vqvae-n4d128k256 vqvae-n16d128k256
 dsq-b1 dsq-b2 dsq-b4"

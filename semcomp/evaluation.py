@@ -53,4 +53,8 @@ def evaluate_codec(codec: Codec, feats: np.ndarray, labels: np.ndarray | None = 
         d = classifier.accuracy(x_hat, labels)
         out.update({"float_top1": f["top1"], "float_top5": f["top5"], "top1": d["top1"], "top5": d["top5"],
                     "top1_retained": d["top1"] / f["top1"] if f["top1"] > 0 else float("nan")})
+        if classifier.dim == codec.dim:
+            # The seed sends the user's text through the same codec: class text features compressed too.
+            both = ZeroShotClassifier(codec.reconstruct(classifier.text_features), classifier.class_names, classifier.logit_scale)
+            out["top1_text_compressed_too"] = both.accuracy(x_hat, labels)["top1"]
     return out
