@@ -18,16 +18,17 @@ mkdir -p "$FEAT"
 [ -f "$FEAT/tin-val.safetensors" ] || semcomp extract --backbone $BB --split val --out "$FEAT/tin-val.safetensors"
 
 # 3. codecs, trained on the 160 codec-training classes only (assets/splits/tiny-imagenet.json)
-# (in priority order: the app's defaults first)
+# (in priority order: the app's defaults first). The seed's third 600-bit config, pqvae-n50d64k4096, is left
+# out: vector-quantize-pytorch's EMA update for K=4096 costs ~2 s per batch on this CPU.
 SPECS="pqvae-n8d8k16 pqvae-n16d8k16 pqvae-n32d8k16 pqvae-n64d8k16 pqvae-n200d16k8 aesq-c200l8 aesq-c250l16 aesq-c500l16
-pqvae-n4d8k16 pqvae-n128d8k16 pqvae-n256d8k16 pqvae-n100d32k64 pqvae-n50d64k4096
+pqvae-n4d8k16 pqvae-n128d8k16 pqvae-n256d8k16 pqvae-n100d32k64
 aesq-c32l4 aesq-c64l4 aesq-c128l4
 fsq-c32l4 fsq-c128l4 fsq-c200l8
 vqvae-n1d64k4096 vqvae-n4d128k256 vqvae-n16d128k256
 dsq-b1 dsq-b2 dsq-b4"
 for s in $SPECS; do
   [ -f weights/codecs/$BB/$s/model.safetensors ] || semcomp train --features "$FEAT/tin-train.safetensors" --split-name tiny-imagenet \
-      --spec "$s" --epochs "${EPOCHS:-20}" --out-dir weights/codecs/$BB
+      --spec "$s" --epochs "${EPOCHS:-8}" --batch-size 512 --lr 2e-3 --out-dir weights/codecs/$BB
 done
 
 # 4. the rate–accuracy table on the 40 unseen classes
