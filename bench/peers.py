@@ -98,7 +98,7 @@ def evaluate(name, spec, bits, rec, x_te, y_te, text, text_rec=None) -> dict:
     return row
 
 
-def run(x_tr, x_te, y_te, text, semcomp_codecs, max_train=20000, quick=False):
+def run(x_tr, x_te, y_te, text, semcomp_codecs, max_train=10000, quick=False):
     rng = np.random.default_rng(0)
     if len(x_tr) > max_train:
         x_tr = x_tr[rng.choice(len(x_tr), max_train, replace=False)]
