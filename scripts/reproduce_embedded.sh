@@ -22,6 +22,7 @@ mkdir -p "$FEAT"
 # out: vector-quantize-pytorch's EMA update for K=4096 costs ~2 s per batch on this CPU.
 SPECS="pqvae-n8d8k16 pqvae-n16d8k16 pqvae-n32d8k16 pqvae-n64d8k16 pqvae-n200d16k8 aesq-c200l8 aesq-c250l16 aesq-c500l16
 pqvae-n4d8k16 pqvae-n128d8k16 pqvae-n256d8k16 pqvae-n100d32k64
+pqvae-n2d32k256 pqvae-n4d32k256 pqvae-n8d32k256 pqvae-n16d32k256
 aesq-c32l4 aesq-c64l4 aesq-c128l4
 fsq-c32l4 fsq-c128l4 fsq-c200l8
 vqvae-n1d64k4096 vqvae-n4d128k256 vqvae-n16d128k256
