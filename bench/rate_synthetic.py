@@ -35,13 +35,13 @@ def main():
     test = torch.arange(len(x)) % 5 == 0
     rows = []
     for spec in SPECS:
-        codec, card = train_codec(spec, x[~test], epochs=6, batch_size=128, lr=2e-3, codec_kwargs=None if spec.startswith("dsq") else {"hidden": 256}, progress=False)
+        codec, card = train_codec(spec, x[~test], epochs=40, batch_size=128, lr=2e-3, codec_kwargs=None if spec.startswith("dsq") else {"hidden": 256}, progress=False)
         s = codec.encode(x[test]).numpy()
         rows.append({"spec": spec, "family": codec.family, "bits": codec.bits, "test_cosine": mean_cosine(codec, x[test]),
                      "ans_bits": 8 * len(codec.entropy_coder.encode(s, "ans")) / len(s), "train_s": card["wall_time_s"]})
         print(rows[-1], flush=True)
     record("rate_synthetic", {"data": "synthetic clustered unit vectors, 32 classes x 250, dim 128 (seed 0); 20% held out",
-                              "epochs": 6, "results": rows})
+                              "epochs": 40, "results": rows})
     import matplotlib
 
     matplotlib.use("Agg")
