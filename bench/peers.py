@@ -188,10 +188,16 @@ def plot(rep, name):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    for m in sorted({r["method"] for r in rep["results"]}):
-        rr = sorted((r for r in rep["results"] if r["method"] == m), key=lambda r: r["bits"])
+    colors = plt.get_cmap("tab20").colors
+    for i, m in enumerate(sorted({r["method"] for r in rep["results"]})):
+        best: dict[int, dict] = {}  # one point per budget: the method's best configuration
+        for r in rep["results"]:
+            if r["method"] == m and (r["bits"] not in best or r["top1"] > best[r["bits"]]["top1"]):
+                best[r["bits"]] = r
+        rr = [best[b] for b in sorted(best)]
         style = "o-" if m.startswith("semcomp") else "s--"
-        ax.plot([r["bits"] for r in rr], [100 * r["top1"] for r in rr], style, label=m, lw=2 if m.startswith("semcomp") else 1)
+        ax.plot([r["bits"] for r in rr], [100 * r["top1"] for r in rr], style, label=m, color=colors[i % 20],
+                lw=2 if m.startswith("semcomp") else 1)
     ax.axhline(100 * rep["float"]["top1"], ls="--", c="gray", label="float feature")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("bits per feature")
@@ -203,4 +209,9 @@ def plot(rep, name):
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--replot"]:  # redraw table and plot from the recorded JSON
+        rep = json.loads((RESULTS / "peers.json").read_text())
+        write_markdown(rep, "peers")
+        plot(rep, "peers")
+    else:
+        main()
