@@ -120,14 +120,12 @@ class Demo:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
+        from semcomp.zoo import best_per_budget
+
         fig, ax = plt.subplots(figsize=(5.5, 3.2))
         if RATE_RESULTS.exists():
             rep = json.loads(RATE_RESULTS.read_text())
-            best: dict[int, dict] = {}  # one point per budget: the best shipped configuration
-            for r in rep["results"]:
-                if r["family"] == family and (r["fixed_bits"] not in best or r["top1"] > best[r["fixed_bits"]]["top1"]):
-                    best[r["fixed_bits"]] = r
-            rows = [best[b] for b in sorted(best)]
+            rows = best_per_budget([r for r in rep["results"] if r["family"] == family])  # one point per budget
             if rows:
                 ax.plot([r["fixed_bits"] for r in rows], [100 * r["top1"] for r in rows], "o-", label=f"{family} (decoded)")
                 ax.axhline(100 * rows[0]["float_top1"], ls="--", c="gray", label="float feature")

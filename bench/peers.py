@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import RESULTS, record  # noqa: E402
+from semcomp.zoo import best_per_budget  # noqa: E402
 
 
 def faiss_specs(d: int, quick: bool = False) -> list[tuple[str, str]]:
@@ -190,11 +191,7 @@ def plot(rep, name):
     fig, ax = plt.subplots(figsize=(8, 5))
     colors = plt.get_cmap("tab20").colors
     for i, m in enumerate(sorted({r["method"] for r in rep["results"]})):
-        best: dict[int, dict] = {}  # one point per budget: the method's best configuration
-        for r in rep["results"]:
-            if r["method"] == m and (r["bits"] not in best or r["top1"] > best[r["bits"]]["top1"]):
-                best[r["bits"]] = r
-        rr = [best[b] for b in sorted(best)]
+        rr = best_per_budget([r for r in rep["results"] if r["method"] == m], bits_key="bits")  # one point per budget
         style = "o-" if m.startswith("semcomp") else "s--"
         ax.plot([r["bits"] for r in rr], [100 * r["top1"] for r in rr], style, label=m, color=colors[i % 20],
                 lw=2 if m.startswith("semcomp") else 1)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import RESULTS, record  # noqa: E402
-from semcomp.zoo import shipped_codecs  # noqa: E402
+from semcomp.zoo import best_per_budget, shipped_codecs  # noqa: E402
 
 
 def main():
@@ -66,15 +66,6 @@ def write_markdown(rep: dict) -> None:
                      f"{100 * r['codebook_utilisation']:.0f} % |")
     lines += ["", f"Command: `{rep['command']}` on {rep['machine']['cpu']} ({rep['date']}, commit {rep['git_commit']})."]
     (RESULTS / "rate_accuracy.md").write_text("\n".join(lines) + "\n")
-
-
-def best_per_budget(rows: list[dict]) -> list[dict]:
-    """The best-accuracy configuration at each bit budget, sorted by bits (a family's frontier)."""
-    best: dict[int, dict] = {}
-    for r in rows:
-        if r["fixed_bits"] not in best or r["top1"] > best[r["fixed_bits"]]["top1"]:
-            best[r["fixed_bits"]] = r
-    return [best[b] for b in sorted(best)]
 
 
 def plot(rep: dict) -> None:

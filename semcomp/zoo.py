@@ -20,3 +20,12 @@ def shipped_codecs(backbone: str) -> list[dict]:
                 card = json.loads((p / "card.json").read_text()) if (p / "card.json").exists() else {}
                 out.append({"spec": cfg["spec"], "family": cfg["family"], "bits": cfg["bits"], "path": p, "card": card})
     return sorted(out, key=lambda r: (r["bits"], r["spec"]))
+
+
+def best_per_budget(rows: list[dict], bits_key: str = "fixed_bits", score_key: str = "top1") -> list[dict]:
+    """A family's frontier: the best-scoring row at each bit budget, sorted by bits."""
+    best: dict[int, dict] = {}
+    for r in rows:
+        if r[bits_key] not in best or r[score_key] > best[r[bits_key]][score_key]:
+            best[r[bits_key]] = r
+    return [best[b] for b in sorted(best)]
