@@ -5,6 +5,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .bitstream import unpack
 from .codecs import Codec
 from .entropy import empirical_entropy_bits
 from .heads.zeroshot import ZeroShotClassifier
@@ -43,7 +44,7 @@ def evaluate_codec(codec: Codec, feats: np.ndarray, labels: np.ndarray | None = 
     for coder in coders:
         m = min(n, huffman_items) if coder == "huffman" else n
         blob = codec.compress(x[:m], coder)
-        payload = codec.entropy_coder.encode(s_np[:m], coder)
+        _, payload = unpack(blob)  # the payload inside the file: no second entropy-coding pass
         out[f"{coder}_bits_per_item"] = 8 * len(payload) / m  # entropy-coded payload
         out[f"{coder}_file_bits_per_item"] = 8 * len(blob) / m  # whole .scf incl. header and CRC
         if not (codec.decompress_symbols(blob) == s_np[:m]).all():
