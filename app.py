@@ -28,8 +28,14 @@ def label_sets() -> dict[str, list[str]]:
     return {"Tiny-ImageNet-200": [c["name"] for c in tin], "ImageNet-1k": list(IMAGENET_CLASSNAMES)}
 
 
+def torch_stack(rows):
+    import torch
+
+    return torch.stack([torch.as_tensor(r, dtype=torch.float32) for r in rows])
+
+
 class Demo:
-    def __init__(self, backbone_name: str):
+    def __init__(self, backbone_name: str, sam_checkpoint: str | None = None):
         from semcomp.backbone import load_backbone
         from semcomp.zoo import shipped_codecs
 
@@ -42,6 +48,9 @@ class Demo:
         rep = json.loads(RATE_RESULTS.read_text()) if RATE_RESULTS.exists() else {"results": []}
         self.measured_top1 = {r["codec"]: r.get("top1", 0.0) for r in rep["results"] if rep.get("backbone") == self.backbone.name}
         self._classifiers: dict[tuple, object] = {}
+        self.sam_checkpoint = sam_checkpoint
+        gen_card = self._head_card("generate")
+        self.default_guidance = float(gen_card.get("default_guidance", 3.0))
 
     def families(self) -> list[str]:
         return sorted({c["family"] for c in self.codecs})
@@ -73,7 +82,54 @@ class Demo:
             self._classifiers[key] = ZeroShotClassifier.from_backbone(self.backbone, names)
         return self._classifiers[key]
 
-    def run(self, image, family, bits, coder, label_set, custom):
+    def _head_card(self, kind: str) -> dict:
+        from semcomp.receiver import shipped_heads
+
+        p = shipped_heads(self.backbone.name).get(kind)
+        return json.loads((p / "card.json").read_text()) if p else {}
+
+    def head(self, kind: str):
+        from semcomp.receiver import load_head
+
+        return load_head(kind, self.backbone.name)
+
+    @property
+    def segmenter(self):
+        from semcomp.heads.segment import TextSegmenter
+
+        if "segmenter" not in self._loaded:
+            self._loaded["segmenter"] = TextSegmenter(self.backbone, "sam+superpixels+boxes" if self.sam_checkpoint else "superpixels+boxes",
+                                                      self.sam_checkpoint)
+        return self._loaded["segmenter"]
+
+    def captions(self, original, decoded) -> tuple[str, str]:
+        cap = self.head("caption")
+        if cap is None:
+            return "(no captioner ships for this backbone)", "(no captioner ships for this backbone)"
+        a, b = cap.caption(torch_stack([original, decoded]))
+        return a, b
+
+    def segment(self, image, command: str, codec):
+        """The command's text feature, sent float and compressed; the best mask for each, drawn on the image."""
+        from semcomp.heads.segment import overlay
+
+        command = (command or "").strip()
+        if not command:
+            return None, None, "type a command (e.g. \"the dog\") to segment"
+        t = self.backbone.encode_text([command])
+        blob = codec.compress(t, "auto")
+        t_dec = codec.decompress(blob)[0]
+        img, masks, z = self.segmenter.embed_proposals(image)
+        r0 = self.segmenter.rank(img, masks, z, t[0])
+        r1 = self.segmenter.rank(img, masks, z, t_dec)
+        from semcomp.bitstream import unpack
+
+        bits_cmd = 8 * len(unpack(blob)[1])
+        note = (f"command “{command}”: text feature sent in **{bits_cmd} bits** ({len(blob)}-byte .scf) — "
+                f"best-mask score {r0.scores[0]:.3f} (float command) vs {r1.scores[0]:.3f} (decoded command)")
+        return overlay(img, r0), overlay(img, r1), note
+
+    def run(self, image, family, bits, coder, label_set, custom, command=""):
         import gradio as gr
         from PIL import Image
 
@@ -111,8 +167,65 @@ class Demo:
         dec = clf.predict(tx.decoded)[0]
         path = Path(tempfile.mkdtemp()) / f"feature_{codec.spec}.scf"
         path.write_bytes(tx.blob)
+        cap_o, cap_d = self.captions(tx.original, tx.decoded)
+        seg_o, seg_d, seg_note = self.segment(image, command, codec)
         return (stats, dict(zip(orig.labels, orig.probs)), dict(zip(dec.labels, dec.probs)), str(path),
-                self.plot(family, codec.bits, info))
+                self.plot(family, codec.bits, info), cap_o, cap_d, seg_o, seg_d, seg_note)
+
+    def generate(self, image, family, bits, coder, seed, steps, guidance, progress=None):
+        """Images generated from the original and from the decoded feature (same seed: only the feature differs)."""
+        import gradio as gr
+        from PIL import Image
+
+        from semcomp.link import SemanticLink
+
+        if image is None:
+            raise gr.Error("Upload an image (or click an example) first.")
+        gen = self.head("generate")
+        if gen is None:
+            raise gr.Error(f"no generator ships for backbone {self.backbone.name}")
+        image = (image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))).convert("RGB")
+        codec, _ = self.codec_for(family, bits)
+        tx = SemanticLink(self.backbone, codec, coder).transmit_image(image)
+        steps = int(steps)
+        cb = (lambda i, n: progress(i / n, desc=f"denoising step {i}/{n}")) if progress is not None else None
+        out = gen.generate(torch_stack([tx.original, tx.decoded]), steps=steps, guidance=float(guidance), seed=int(seed), callback=cb)
+        big = [Image.fromarray(o).resize((256, 256), Image.BICUBIC) for o in out]
+        return big[0], big[1]
+
+    def receive(self, file, label_set, custom, with_image, seed, steps, guidance):
+        """Receiver-only: everything from the .scf bytes alone."""
+        import gradio as gr
+        from PIL import Image
+
+        from semcomp.bitstream import BitstreamError
+        from semcomp.receiver import receive
+
+        if file is None:
+            raise gr.Error("Upload a .scf bitstream (download one from the sender tab).")
+        path = file if isinstance(file, str) else getattr(file, "name", None) or file["name"]
+        blob = Path(path).read_bytes()
+        try:
+            codec, feats = receive(blob)
+        except BitstreamError as e:
+            raise gr.Error(f"not a valid semcomp bitstream: {e}")
+        if codec.backbone != self.backbone.name:
+            raise gr.Error(f"this bitstream is for backbone {codec.backbone}; the app runs {self.backbone.name}")
+        try:
+            clf = self.classifier(label_set, custom)
+        except ValueError as e:
+            raise gr.Error(str(e))
+        f = feats[0]
+        r = clf.predict(f[None])[0]
+        cap = self.head("caption")
+        caption = cap.caption(f[None])[0] if cap is not None else "(no captioner ships for this backbone)"
+        info = (f"{len(blob)}-byte bitstream: codec **{codec.spec}** ({codec.bits} bits fixed), backbone {codec.backbone}, "
+                f"{len(feats)} feature(s); showing the first")
+        img = None
+        gen = self.head("generate")
+        if with_image and gen is not None:
+            img = Image.fromarray(gen.generate(f[None], steps=int(steps), guidance=float(guidance), seed=int(seed))[0]).resize((256, 256), Image.BICUBIC)
+        return info, dict(zip(r.labels, r.probs)), caption, img
 
     def plot(self, family, bits, info):
         import matplotlib
@@ -153,34 +266,76 @@ def build(demo: Demo):
         gr.Markdown(
             "# semcomp — send what an image *means*, not its pixels\n"
             f"Backbone **{demo.backbone.name}** (embedded, offline: a small CLIP trained here on Tiny-ImageNet — "
-            "far weaker than real CLIP). The receiver sees only the bitstream."
+            "far weaker than real CLIP; the caption and image heads were trained here too, see the README). "
+            "The receiver sees only the bitstream."
         )
-        with gr.Row():
-            with gr.Column(scale=1):
-                image = gr.Image(type="pil", label="Image", sources=["upload", "clipboard", "webcam"])
-                gr.Examples(EXAMPLES, inputs=image)
-                family = gr.Dropdown(demo.families(), value=fam0, label="Codec family")
-                bits = gr.Slider(min(b0), max(max(b0), min(b0) + 1), value=min(b0, key=lambda b: abs(b - 256)), step=1,
-                                 label=f"Bit budget (snaps to the shipped budgets: {', '.join(map(str, b0))})")
-                coder = gr.Radio(["auto", "ans", "huffman", "raw"], value="auto", label="Entropy coder (auto: smallest)")
-                label_set = gr.Dropdown(list(demo.label_sets) + ["Custom"], value="Tiny-ImageNet-200", label="Labels")
-                custom = gr.Textbox(label="Custom labels (comma-separated)", placeholder="cat, dog, fire truck")
-                go = gr.Button("Compress and transmit", variant="primary")
-            with gr.Column(scale=1):
-                stats = gr.Markdown()
-                scf = gr.File(label="Bitstream (.scf)")
-                plot = gr.Plot(label="Measured accuracy vs bits")
-        with gr.Row():
-            orig = gr.Label(num_top_classes=5, label="From the original feature")
-            dec = gr.Label(num_top_classes=5, label="Decoded from the bitstream")
+        with gr.Tab("Sender → receiver"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    image = gr.Image(type="pil", label="Image", sources=["upload", "clipboard", "webcam"])
+                    gr.Examples(EXAMPLES, inputs=image)
+                    family = gr.Dropdown(demo.families(), value=fam0, label="Codec family")
+                    bits = gr.Slider(min(b0), max(max(b0), min(b0) + 1), value=min(b0, key=lambda b: abs(b - 256)), step=1,
+                                     label=f"Bit budget (snaps to the shipped budgets: {', '.join(map(str, b0))})")
+                    coder = gr.Radio(["auto", "ans", "huffman", "raw"], value="auto", label="Entropy coder (auto: smallest)")
+                    label_set = gr.Dropdown(list(demo.label_sets) + ["Custom"], value="Tiny-ImageNet-200", label="Labels")
+                    custom = gr.Textbox(label="Custom labels (comma-separated)", placeholder="cat, dog, fire truck")
+                    command = gr.Textbox(label="Segmentation command (sent compressed too)", placeholder="the parrot on the right")
+                    go = gr.Button("Compress and transmit", variant="primary")
+                with gr.Column(scale=1):
+                    stats = gr.Markdown()
+                    scf = gr.File(label="Bitstream (.scf)")
+                    plot = gr.Plot(label="Measured accuracy vs bits")
+            with gr.Row():
+                with gr.Column():
+                    gr.Markdown("### From the original feature")
+                    orig = gr.Label(num_top_classes=5, label="Zero-shot labels")
+                    cap_o = gr.Textbox(label="Caption", interactive=False)
+                    seg_o = gr.Image(label="Segmentation (float command)", interactive=False)
+                    gen_o = gr.Image(label="Generated image", interactive=False)
+                with gr.Column():
+                    gr.Markdown("### Decoded from the bitstream")
+                    dec = gr.Label(num_top_classes=5, label="Zero-shot labels")
+                    cap_d = gr.Textbox(label="Caption", interactive=False)
+                    seg_d = gr.Image(label="Segmentation (decoded command)", interactive=False)
+                    gen_d = gr.Image(label="Generated image", interactive=False)
+            seg_note = gr.Markdown()
+            with gr.Row():
+                seed = gr.Number(0, precision=0, label="Seed")
+                steps = gr.Slider(4, 50, value=20, step=1, label="Denoising steps")
+                guidance = gr.Slider(1.0, 8.0, value=demo.default_guidance, step=0.5, label="Guidance")
+                gen_btn = gr.Button("Generate images (slower: ~10 s on a 2-core CPU)")
+
+        with gr.Tab("Receiver only (.scf file)"):
+            gr.Markdown("Upload a `.scf` bitstream: the codec, the backbone and the features come out of the bytes alone.")
+            with gr.Row():
+                with gr.Column():
+                    rfile = gr.File(label=".scf bitstream", file_types=[".scf"])
+                    r_labels = gr.Dropdown(list(demo.label_sets) + ["Custom"], value="Tiny-ImageNet-200", label="Labels")
+                    r_custom = gr.Textbox(label="Custom labels (comma-separated)")
+                    r_img = gr.Checkbox(True, label="Also generate an image")
+                    rgo = gr.Button("Decode", variant="primary")
+                with gr.Column():
+                    r_info = gr.Markdown()
+                    r_lab = gr.Label(num_top_classes=5, label="Zero-shot labels")
+                    r_cap = gr.Textbox(label="Caption", interactive=False)
+                    r_gen = gr.Image(label="Generated image", interactive=False)
 
         def on_family(f):
             b = demo.budgets(f)
             return gr.Slider(minimum=min(b), maximum=max(max(b), min(b) + 1), value=b[len(b) // 2],
                              label=f"Bit budget (snaps to the shipped budgets: {', '.join(map(str, b))})")
 
+        def on_generate(image, family, bits, coder, seed, steps, guidance, progress=gr.Progress()):
+            return demo.generate(image, family, bits, coder, seed, steps, guidance, progress)
+
         family.change(on_family, family, bits)
-        go.click(demo.run, [image, family, bits, coder, label_set, custom], [stats, orig, dec, scf, plot], api_name="transmit")
+        go.click(demo.run, [image, family, bits, coder, label_set, custom, command],
+                 [stats, orig, dec, scf, plot, cap_o, cap_d, seg_o, seg_d, seg_note], api_name="transmit")
+        gen_btn.click(on_generate, [image, family, bits, coder, seed, steps, guidance], [gen_o, gen_d], api_name="generate",
+                      concurrency_limit=1)
+        rgo.click(demo.receive, [rfile, r_labels, r_custom, r_img, seed, steps, guidance], [r_info, r_lab, r_cap, r_gen],
+                  api_name="receive")
     return ui
 
 
@@ -189,8 +344,10 @@ def main(argv=None):
     ap.add_argument("--backbone", default=os.environ.get("SEMCOMP_BACKBONE", "semcomp-tiny-clip"))
     ap.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     ap.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    ap.add_argument("--sam-checkpoint", default=os.environ.get("SEMCOMP_SAM_CHECKPOINT"),
+                    help="segment-anything vit_b checkpoint: SAM mask proposals for segmentation (needs a download)")
     a = ap.parse_args(argv)
-    build(Demo(a.backbone)).queue(default_concurrency_limit=4).launch(server_name=a.host, server_port=a.port)
+    build(Demo(a.backbone, a.sam_checkpoint)).queue(default_concurrency_limit=4).launch(server_name=a.host, server_port=a.port)
 
 
 if __name__ == "__main__":

@@ -164,6 +164,127 @@ def cmd_train_backbone(a) -> None:
                    seed=a.seed, threads=a.threads)
 
 
+def cmd_train_caption(a) -> None:
+    from .training.caption import train_embedded_captioner
+
+    out = Path(a.out)
+    _check_out(out / "model.safetensors", a.force)
+    ckpt = Path(a.ckpt_dir) / out.name
+    card = train_embedded_captioner(out, backbone_name=a.backbone, train_features=a.train_features, val_features=a.val_features,
+                                    ckpt_dir=ckpt, noise_std=a.noise, text_epochs=a.text_epochs, image_epochs=a.image_epochs,
+                                    decoded_codecs=a.decoded_codecs, alt_p=a.decoded_p, eval_n=a.eval_n,
+                                    eval_codecs=a.eval_codecs, stages=tuple(a.stages), seed=a.seed)
+    card["command"] = "semcomp " + " ".join(a.argv)
+    (out / "metrics.json").write_text(json.dumps(card, indent=2))
+    logger.info("captioner -> %s: %s", out, json.dumps({k: v["names_true_class"] for k, v in card["eval"]["greedy"].items()}))
+
+
+# ----------------------------------------------------------------------------- heads on a user's own image
+def _open_image(path: str):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, UnidentifiedImageError) as e:
+        raise CLIError(f"cannot read image {path}: {e}") from e
+
+
+def _shipped_codec(backbone: str, spec: str | None, bits: int | None):
+    import json as _json
+
+    from .codecs import load_codec
+    from .zoo import best_per_budget, shipped_codecs
+
+    options = shipped_codecs(backbone)
+    if not options:
+        raise CLIError(f"no shipped codecs for backbone {backbone!r}")
+    if spec:
+        for c in options:
+            if c["spec"] == spec:
+                return load_codec(c["path"])
+        raise CLIError(f"no shipped codec {spec!r}; shipped: {', '.join(c['spec'] for c in options)}")
+    rate = Path(__file__).resolve().parents[1] / "bench" / "results" / "rate_accuracy.json"
+    rows = _json.loads(rate.read_text())["results"] if rate.exists() else []
+    best = {r["fixed_bits"]: r["codec"] for r in best_per_budget(rows)}
+    b = min({c["bits"] for c in options}, key=lambda x: abs(x - (bits or 256)))
+    pick = best.get(b) or next(c["spec"] for c in options if c["bits"] == b)
+    return load_codec(next(c["path"] for c in options if c["spec"] == pick))
+
+
+def cmd_send(a) -> None:
+    from .backbone import load_backbone
+
+    out = Path(a.out)
+    _check_out(out, a.force)
+    bb = load_backbone(a.backbone)
+    codec = _shipped_codec(bb.name, a.codec, a.bits)
+    feats = bb.encode_images([_open_image(p) for p in a.images])
+    blob = codec.compress(feats, a.coder)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_bytes(blob)
+    tmp.replace(out)
+    print(f"{len(a.images)} image(s) -> {out}: {len(blob)} bytes with {codec.spec} ({codec.bits} bits fixed per image)")
+
+
+def cmd_receive(a) -> None:
+    from PIL import Image
+
+    from .backbone import load_backbone
+    from .heads.zeroshot import ZeroShotClassifier
+    from .receiver import load_head, receive
+
+    src = Path(a.input)
+    if not src.exists():
+        raise CLIError(f"input not found: {src}")
+    codec, feats = receive(src.read_bytes())
+    bb = load_backbone(codec.backbone)
+    names = [s.strip() for s in a.labels.split(",")] if a.labels else None
+    default_labels = Path(__file__).resolve().parents[1] / "assets" / "labels" / "tiny-imagenet-200.json"
+    if names is None and default_labels.exists():
+        names = [c["name"] for c in json.loads(default_labels.read_text())]
+    out = {"codec": codec.spec, "bits": codec.bits, "items": []}
+    clf = ZeroShotClassifier.from_backbone(bb, names) if names else None
+    cap = load_head("caption", codec.backbone)
+    captions = cap.caption(feats, beam=a.beam) if cap is not None else [None] * len(feats)
+    for i, f in enumerate(feats):
+        item = {"caption": captions[i]}
+        if clf is not None:
+            r = clf.predict(f[None])[0]
+            item["labels"] = [f"{l} ({p:.3f})" for l, p in zip(r.labels, r.probs)]
+        out["items"].append(item)
+    if a.generate:
+        gen = load_head("generate", codec.backbone)
+        if gen is None:
+            raise CLIError(f"no shipped generator for backbone {codec.backbone!r}")
+        imgs = gen.generate(feats, steps=a.steps, guidance=a.guidance, seed=a.seed)
+        for i, im in enumerate(imgs):
+            p = Path(a.generate if len(imgs) == 1 else f"{Path(a.generate).with_suffix('')}_{i}.png")
+            Image.fromarray(im).resize((256, 256), Image.BICUBIC).save(p)
+            out["items"][i]["generated"] = str(p)
+    print(json.dumps(out, indent=2))
+
+
+def cmd_segment(a) -> None:
+    from PIL import Image
+
+    from .backbone import load_backbone
+    from .heads.segment import TextSegmenter, overlay
+
+    out = Path(a.out)
+    _check_out(out, a.force)
+    bb = load_backbone(a.backbone)
+    codec = _shipped_codec(bb.name, a.codec, a.bits)
+    image = _open_image(a.image)
+    blob = codec.compress(bb.encode_text([a.command]), "auto")  # the command travels compressed too
+    command = codec.decompress(blob)[0]
+    seg = TextSegmenter(bb, "sam+superpixels+boxes" if a.sam_checkpoint else "superpixels+boxes", a.sam_checkpoint)
+    r = seg.segment(image, command)
+    Image.fromarray(overlay(image, r)).save(out)
+    print(json.dumps({"command": a.command, "command_bytes": len(blob), "codec": codec.spec, "score": float(r.scores[0]),
+                      "box": [int(v) for v in r.boxes[0]], "peak": list(r.peak), "overlay": str(out)}, indent=2))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="semcomp", description="Semantic compression of CLIP features.")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -228,6 +349,56 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--threads", type=int)
     b.set_defaults(func=cmd_train_backbone)
+
+    feats = Path.home() / ".cache" / "semcomp" / "features"
+    c = sub.add_parser("train-caption", help="train the embedded ClipCap captioner (text-only CapDec, then image fine-tune)")
+    c.add_argument("--out", default="weights/heads/semcomp-tiny-clipcap")
+    c.add_argument("--backbone", default="semcomp-tiny-clip")
+    c.add_argument("--train-features", default=str(feats / "tin-train.safetensors"))
+    c.add_argument("--val-features", default=str(feats / "tin-val.safetensors"))
+    c.add_argument("--ckpt-dir", default=str(Path.home() / ".cache" / "semcomp" / "caption-ckpt"))
+    c.add_argument("--stages", nargs="+", default=["text", "image"], choices=["text", "image"])
+    c.add_argument("--noise", type=float, default=0.04, help="CapDec noise std per dimension on text embeddings")
+    c.add_argument("--text-epochs", type=float, default=3.0)
+    c.add_argument("--image-epochs", type=float, default=1.0)
+    c.add_argument("--decoded-codecs", nargs="*", default=[], help="train also on features decoded by these shipped codecs")
+    c.add_argument("--decoded-p", type=float, default=0.5)
+    c.add_argument("--eval-n", type=int, default=1000)
+    c.add_argument("--eval-codecs", nargs="*", default=[])
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--force", action="store_true")
+    c.set_defaults(func=cmd_train_caption)
+
+    s = sub.add_parser("send", help="image(s) -> CLIP features -> one .scf bitstream")
+    s.add_argument("images", nargs="+")
+    s.add_argument("--backbone", default="semcomp-tiny-clip")
+    s.add_argument("--codec", help="shipped codec spec (default: the best measured at --bits)")
+    s.add_argument("--bits", type=int, default=256)
+    s.add_argument("--coder", default="auto", choices=["auto", "raw", "huffman", "ans"])
+    s.add_argument("--out", required=True)
+    s.add_argument("--force", action="store_true")
+    s.set_defaults(func=cmd_send)
+
+    r = sub.add_parser("receive", help=".scf bitstream alone -> labels, caption, optional generated image")
+    r.add_argument("input")
+    r.add_argument("--labels", help="comma-separated labels (default: Tiny-ImageNet-200)")
+    r.add_argument("--beam", type=int, default=1)
+    r.add_argument("--generate", help="write the generated image here (.png)")
+    r.add_argument("--steps", type=int, default=20)
+    r.add_argument("--guidance", type=float, default=3.0)
+    r.add_argument("--seed", type=int, default=0)
+    r.set_defaults(func=cmd_receive)
+
+    g = sub.add_parser("segment", help="image + text command (sent compressed) -> best mask overlay")
+    g.add_argument("image")
+    g.add_argument("--command", required=True)
+    g.add_argument("--backbone", default="semcomp-tiny-clip")
+    g.add_argument("--codec")
+    g.add_argument("--bits", type=int, default=256)
+    g.add_argument("--sam-checkpoint", help="segment-anything checkpoint (vit_b) for SAM mask proposals")
+    g.add_argument("--out", required=True)
+    g.add_argument("--force", action="store_true")
+    g.set_defaults(func=cmd_segment)
     return p
 
 
@@ -242,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         a.func(a)
-    except (CLIError, BitstreamError, CodecError, DataError, FileNotFoundError) as e:
+    except (CLIError, BitstreamError, CodecError, DataError, FileNotFoundError, ValueError) as e:
         logger.error("%s", e)
         return 2
     return 0

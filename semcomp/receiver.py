@@ -1,0 +1,74 @@
+"""The receiver: bytes in, every head's output out — it needs nothing but the ``.scf`` bitstream.
+
+The bitstream header names the codec spec and the backbone; the receiver loads the matching shipped codec
+(its weights hash must match the header's), decodes the features and runs the heads trained for that
+backbone's embedding space (``weights/heads/*``, found by the ``backbone`` field of their config).
+"""
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+from .backbone import WEIGHTS_DIR
+from .bitstream import BitstreamError, unpack
+
+HEADS_DIR = WEIGHTS_DIR / "heads"
+
+
+def shipped_heads(backbone: str) -> dict[str, Path]:
+    """{"caption": path, "generate": path} for heads trained on this backbone's embeddings."""
+    out = {}
+    if HEADS_DIR.is_dir():
+        for p in sorted(HEADS_DIR.iterdir()):
+            cfg, card = p / "config.json", p / "card.json"
+            if cfg.exists() and card.exists() and json.loads(cfg.read_text()).get("backbone") == backbone:
+                kind = json.loads(card.read_text()).get("kind")
+                if kind:
+                    out.setdefault(kind, p)
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def load_head(kind: str, backbone: str):
+    """The shipped head of this kind for this backbone (cached), or None if none ships."""
+    path = shipped_heads(backbone).get(kind)
+    if path is None:
+        return None
+    if kind == "caption":
+        from .heads.caption import Captioner
+
+        return Captioner.from_pretrained(path)
+    if kind == "generate":
+        from .heads.generate import ImageGenerator
+
+        return ImageGenerator.from_pretrained(path)
+    raise ValueError(f"unknown head kind {kind!r}")
+
+
+@functools.lru_cache(maxsize=32)
+def _codec(backbone: str, spec: str):
+    from .codecs import load_codec
+    from .zoo import shipped_codecs
+
+    for c in shipped_codecs(backbone):
+        if c["spec"] == spec:
+            return load_codec(c["path"])
+    return None
+
+
+def codec_for_bitstream(blob: bytes):
+    """The shipped codec that wrote this bitstream; BitstreamError if the bytes are bad or no codec matches."""
+    header, _ = unpack(blob)  # raises BitstreamError on any corruption
+    codec = _codec(header.backbone, header.spec)
+    if codec is None:
+        raise BitstreamError(f"no shipped codec {header.spec!r} for backbone {header.backbone!r}")
+    if codec.weights_hash != header.weights_hash:
+        raise BitstreamError(f"bitstream was made with other weights of {header.spec} (weights hash differs)")
+    return codec
+
+
+def receive(blob: bytes):
+    """Bytes -> (codec, decoded features (N, D))."""
+    codec = codec_for_bitstream(blob)
+    return codec, codec.decompress(blob)

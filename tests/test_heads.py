@@ -1,0 +1,151 @@
+"""Receiver heads built tiny: generator (diffusion), captioner (ClipCap) and the text-targeted segmenter."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from semcomp.heads.caption import CaptionConfig, CaptionError, Captioner, ClipCapModel
+from semcomp.heads.generate import (GeneratorConfig, GeneratorError, ImageGenerator, diffusion_loss, images_to_model,
+                                    make_scheduler)
+from semcomp.heads.segment import SegmentError, TextSegmenter, overlay
+from semcomp.training.caption import class_sentence, clean_caption, mentions_class, pad_batch, token_f1, train_captioner
+from semcomp.training.generator import train_generator
+
+TINY_GEN = GeneratorConfig(embed_dim=8, image_size=16, block_out_channels=(32, 32, 64, 64), attention_head_dim=8)
+
+
+# ---------------------------------------------------------------- generator
+
+
+def test_generator_training_lowers_the_loss():
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.randint(0, 256, (8, 16, 16, 3), generator=g, dtype=torch.uint8)
+    imgs[:4] = 255  # two easy modes: white and black images with two embeddings
+    imgs[4:] = 0
+    emb = F.normalize(torch.cat([torch.ones(4, 8), -torch.ones(4, 8)]), dim=-1)
+    model, hist = train_generator(imgs, emb, TINY_GEN, steps=60, batch_size=8, lr=2e-3, warmup=1, log_every=20, cond_noise=0)
+    losses = [l for _, l in hist["losses"]]
+    assert losses[-1] < losses[0]
+
+
+def test_generator_is_deterministic_and_checks_its_input(tmp_path):
+    torch.manual_seed(0)
+    gen = ImageGenerator.from_config(TINY_GEN)
+    e = torch.randn(2, 8)
+    a = gen.generate(e, steps=2, guidance=2.0, seed=3)
+    b = gen.generate(e, steps=2, guidance=2.0, seed=3)
+    assert a.shape == (2, 16, 16, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, gen.generate(e, steps=2, guidance=2.0, seed=4))
+    with pytest.raises(GeneratorError, match="8-d"):
+        gen.generate(torch.randn(1, 9), steps=1)
+    with pytest.raises(GeneratorError, match="trained on"):
+        gen.generate(e, steps=1, backbone="ViT-L-14/openai")
+    gen.save_pretrained(tmp_path / "g", {"note": "test"})
+    again = ImageGenerator.from_pretrained(tmp_path / "g")
+    assert again.generate(e, steps=2, seed=3).shape == (2, 16, 16, 3)
+    w = tmp_path / "g" / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:-10])
+    with pytest.raises(GeneratorError, match="sha256"):
+        ImageGenerator.from_pretrained(tmp_path / "g")
+
+
+def test_diffusion_loss_uses_the_condition():
+    torch.manual_seed(0)
+    gen = ImageGenerator.from_config(TINY_GEN)
+    x = images_to_model(torch.zeros(2, 16, 16, 3, dtype=torch.uint8))
+    assert x.min() == -1
+    sched = make_scheduler(TINY_GEN, "ddpm")
+    l1 = diffusion_loss(gen.model, sched, x, torch.randn(2, 8), generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(l1)
+
+
+# ---------------------------------------------------------------- captioner
+
+
+class ToyTokenizer:
+    """Word-level stand-in for GPT2TokenizerFast (tests need no tokenizer files)."""
+
+    def __init__(self, words):
+        self.words = list(words)
+
+    def __call__(self, text):
+        return {"input_ids": [self.words.index(w) for w in text.split()]}
+
+    def decode(self, ids):
+        return " ".join(self.words[i] for i in ids)
+
+
+def tiny_captioner(vocab=("a", "red", "cat", "blue", "dog", ".", "<eos>")):
+    cfg = CaptionConfig(embed_dim=8, prefix_length=2, n_embd=32, n_layer=1, n_head=2, n_positions=32,
+                        vocab_size=len(vocab), eos_id=len(vocab) - 1, mapping_hidden=32)
+    torch.manual_seed(0)
+    return Captioner(ClipCapModel(cfg), ToyTokenizer(vocab))
+
+
+def test_captioner_learns_two_captions_and_decodes_greedy_and_beam():
+    cap = tiny_captioner()
+    e = F.normalize(torch.cat([torch.ones(1, 8), -torch.ones(1, 8)]), dim=-1)
+    texts = ["a red cat .", "a blue dog ."]
+    toks = [cap.encode_text(t) for t in texts]
+    hist = train_captioner(cap.model, e.repeat(16, 1), toks * 16, epochs=40, batch_size=8, lr=3e-3, warmup=5, log_every=20)
+    assert hist["losses"][-1][1] < hist["losses"][0][1]
+    assert cap.caption(e) == texts
+    assert cap.caption(e, beam=3) == texts
+    with pytest.raises(CaptionError, match="8-d"):
+        cap.caption(torch.randn(1, 5))
+
+
+def test_caption_text_tools():
+    c = {"names": ["goldfish", "Carassius auratus"], "name": "goldfish"}
+    assert clean_caption("A dog runs  through grass .") == "a dog runs through grass."
+    assert mentions_class("a photo of a goldfish.", c) and not mentions_class("a gold fish.", c)
+    import random
+
+    s = class_sentence(c, random.Random(0))
+    assert "goldfish" in s and "carassius" not in s
+    assert token_f1("a red cat", "a red cat") == 1.0 and token_f1("a red cat", "blue dog") == 0.0
+    tok, mask = pad_batch([[1, 2], [3]], 9)
+    assert tok.tolist() == [[1, 2], [3, 9]] and mask.tolist() == [[1, 1], [1, 0]]
+
+
+# ---------------------------------------------------------------- segmentation
+
+
+class ColourBackbone:
+    """Stand-in CLIP: a crop's feature is its mean colour (so 'red' points at red pixels)."""
+
+    dim = 3
+    name = "colour"
+
+    def encode_images(self, images):
+        z = torch.tensor(np.stack([np.asarray(im, dtype=np.float32).reshape(-1, 3).mean(0) for im in images]))
+        return F.normalize(z - 110.0, dim=-1)
+
+
+def test_segmenter_points_at_the_region_the_command_names():
+    img = np.full((64, 64, 3), 100, np.uint8)
+    img[36:60, 8:30] = (250, 20, 20)  # a red square, lower left
+    seg = TextSegmenter(ColourBackbone())
+    red = torch.tensor([1.0, -0.6, -0.6])
+    r = seg.segment(img, red)
+    x, y = r.peak
+    assert 8 <= x < 30 and 36 <= y < 60
+    x0, y0, x1, y1 = r.boxes[0]
+    assert x0 >= 4 and y0 >= 30 and x1 <= 34 and y1 <= 63
+    assert r.scores[0] >= r.scores[-1]
+    assert overlay(img, r).shape == img.shape
+    big = np.asarray(Image.fromarray(img).resize((256, 256)))  # proposals at work_size, masks back at 256
+    assert seg.segment(big, red).best_mask.shape == (256, 256)
+    with pytest.raises(SegmentError, match="dims"):
+        seg.segment(img, torch.ones(5))
+    with pytest.raises(SegmentError, match="empty"):
+        seg.segment(img, torch.zeros(3))
+    with pytest.raises(SegmentError, match="RGB"):
+        seg.segment(np.zeros((4, 4), np.uint8), red)
