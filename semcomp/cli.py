@@ -173,7 +173,7 @@ def cmd_train_caption(a) -> None:
     card = train_embedded_captioner(out, backbone_name=a.backbone, train_features=a.train_features, val_features=a.val_features,
                                     ckpt_dir=ckpt, noise_std=a.noise, text_epochs=a.text_epochs, image_epochs=a.image_epochs,
                                     decoded_codecs=a.decoded_codecs, alt_p=a.decoded_p, eval_n=a.eval_n,
-                                    eval_codecs=a.eval_codecs, stages=tuple(a.stages), seed=a.seed)
+                                    eval_codecs=a.eval_codecs, stages=tuple(a.stages), seed=a.seed, init_from=a.init_from)
     card["command"] = "semcomp " + " ".join(a.argv)
     (out / "metrics.json").write_text(json.dumps(card, indent=2))
     logger.info("captioner -> %s: %s", out, json.dumps({k: v["names_true_class"] for k, v in card["eval"]["greedy"].items()}))
@@ -285,6 +285,15 @@ def cmd_segment(a) -> None:
                       "box": [int(v) for v in r.boxes[0]], "peak": list(r.peak), "overlay": str(out)}, indent=2))
 
 
+def cmd_convert_clipcap(a) -> None:
+    from .heads.caption import convert_clipcap
+
+    out = Path(a.out)
+    _check_out(out / "model.safetensors", a.force)
+    convert_clipcap(a.checkpoint, out, a.tokenizer, n_head=a.n_head, input_scale=a.input_scale, backbone=a.backbone)
+    print(f"converted {a.checkpoint} -> {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="semcomp", description="Semantic compression of CLIP features.")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -357,7 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--train-features", default=str(feats / "tin-train.safetensors"))
     c.add_argument("--val-features", default=str(feats / "tin-val.safetensors"))
     c.add_argument("--ckpt-dir", default=str(Path.home() / ".cache" / "semcomp" / "caption-ckpt"))
-    c.add_argument("--stages", nargs="+", default=["text", "image"], choices=["text", "image"])
+    c.add_argument("--stages", nargs="*", default=["text", "image"], choices=["text", "image"],
+                   help="training stages to run (none: only evaluate --init-from)")
+    c.add_argument("--init-from", help="start from this training checkpoint (e.g. another run's caption-text.pt)")
     c.add_argument("--noise", type=float, default=0.04, help="CapDec noise std per dimension on text embeddings")
     c.add_argument("--text-epochs", type=float, default=3.0)
     c.add_argument("--image-epochs", type=float, default=1.0)
@@ -368,6 +379,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--force", action="store_true")
     c.set_defaults(func=cmd_train_caption)
+
+    cc = sub.add_parser("convert-clipcap", help="public ClipCap checkpoint (.pt, MLP) -> safetensors captioner folder")
+    cc.add_argument("checkpoint")
+    cc.add_argument("--out", required=True)
+    cc.add_argument("--tokenizer", default=str(Path(__file__).resolve().parents[1] / "weights/heads/semcomp-tiny-clipcap/tokenizer"),
+                    help="folder with GPT-2's vocab.json + merges.txt")
+    cc.add_argument("--n-head", type=int, default=12)
+    cc.add_argument("--input-scale", type=float, default=1.0,
+                    help="ClipCap was trained on unnormalised CLIP features: scale the unit-norm decoded feature by this")
+    cc.add_argument("--backbone", default="ViT-B-32/openai")
+    cc.add_argument("--force", action="store_true")
+    cc.set_defaults(func=cmd_convert_clipcap)
 
     s = sub.add_parser("send", help="image(s) -> CLIP features -> one .scf bitstream")
     s.add_argument("images", nargs="+")

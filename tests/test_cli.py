@@ -59,3 +59,31 @@ def test_corrupt_scf_is_refused(tmp_path, feature_file):
     scf.write_bytes(bytes(data))
     assert main(["decode", "--codec", str(out / "fsq-c4l4"), "--in", str(scf), "--out", str(tmp_path / "d.safetensors")]) == 2
     assert not (tmp_path / "d.safetensors").exists()
+
+
+def test_send_receive_segment_on_a_users_image(tmp_path, capsys):
+    """The shipped embedded models end to end from the CLI: image -> .scf -> labels + caption + image; segmentation."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    img = Path(__file__).resolve().parents[1] / "assets" / "examples" / "tin_val_2253_goldfish.jpg"
+    scf = tmp_path / "x.scf"
+    assert main(["send", str(img), "--bits", "64", "--out", str(scf)]) == 0
+    assert main(["send", str(img), "--out", str(scf)]) == 2  # exists, no --force
+    capsys.readouterr()
+    png = tmp_path / "gen.png"
+    assert main(["receive", str(scf), "--generate", str(png), "--steps", "2", "--labels", "goldfish, car, hat"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    item = out["items"][0]
+    assert out["bits"] == 64 and item["caption"] and item["labels"][0].startswith("goldfish")
+    assert Image.open(png).size == (256, 256)
+    seg = tmp_path / "seg.png"
+    assert main(["segment", str(img), "--command", "a goldfish", "--bits", "64", "--out", str(seg)]) == 0
+    assert Image.open(seg).size == Image.open(img).size
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    assert main(["send", str(bad), "--out", str(tmp_path / "y.scf")]) == 2
+    assert not (tmp_path / "y.scf").exists()
+    scf.write_bytes(scf.read_bytes()[:-1])
+    assert main(["receive", str(scf)]) == 2

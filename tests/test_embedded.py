@@ -73,6 +73,29 @@ def test_readme_python_snippet_runs():
         os.chdir(cwd)
 
 
+def gr_error():
+    import gradio as gr
+
+    return gr.Error
+
+
+def test_shipped_heads_run_on_decoded_features(backbone):
+    """Caption and generator heads load from weights/heads, verify their sha256 and take decoded features."""
+    from semcomp.receiver import load_head, shipped_heads
+
+    assert {"caption", "generate"} <= set(shipped_heads("semcomp-tiny-clip"))
+    x = backbone.encode_images([Image.open(p) for p in EXAMPLES[:2]])
+    codec = load_codec(next(c["path"] for c in shipped_codecs("semcomp-tiny-clip") if c["spec"] == "fsq-c32l4"))
+    dec = codec.decompress(codec.compress(x))
+    cap = load_head("caption", "semcomp-tiny-clip")
+    caps = cap.caption(dec)
+    assert len(caps) == 2 and all(isinstance(c, str) and c for c in caps)
+    assert caps == cap.caption(dec)  # deterministic
+    gen = load_head("generate", "semcomp-tiny-clip")
+    a = gen.generate(dec[:1], steps=2, seed=1)
+    assert a.shape == (1, 64, 64, 3) and (a == gen.generate(dec[:1], steps=2, seed=1)).all()
+
+
 def test_app_transmits_an_example_end_to_end():
     import importlib.util
 
@@ -81,9 +104,19 @@ def test_app_transmits_an_example_end_to_end():
     spec.loader.exec_module(app)
     demo = app.Demo("semcomp-tiny-clip")
     assert "pqvae" in demo.families() and len(demo.budgets("pqvae")) >= 3
-    stats, orig, dec, scf, fig = demo.run(Image.open(EXAMPLES[0]), "pqvae", 130, "auto", "Tiny-ImageNet-200", "")
+    stats, orig, dec, scf, fig, cap_o, cap_d, seg_o, seg_d, note = demo.run(
+        Image.open(EXAMPLES[0]), "pqvae", 130, "auto", "Tiny-ImageNet-200", "", "the fish")
     assert "cosine(original, decoded)" in stats and len(orig) == 5 and len(dec) == 5
     assert Path(scf).read_bytes()[:4] == b"SCF\x89"
+    assert isinstance(cap_o, str) and cap_o and isinstance(cap_d, str) and cap_d
+    assert seg_o.shape == seg_d.shape == (64, 64, 3) and "bits" in note
+    # the receiver-only tab gets everything from the bitstream file alone
+    info, labels, caption, img = demo.receive(scf, "Tiny-ImageNet-200", "", True, 0, 2, 3.0)
+    assert "pqvae" in info and labels == dec and caption == cap_d and img.size == (256, 256)
+    with pytest.raises(gr_error()):
+        bad = Path(scf).with_name("bad.scf")
+        bad.write_bytes(Path(scf).read_bytes()[:-3])
+        demo.receive(str(bad), "Tiny-ImageNet-200", "", False, 0, 2, 3.0)
     stats, orig, dec, *_ = demo.run(Image.open(EXAMPLES[0]), "aesq", 600, "ans", "Custom", "fish, hat, car")
     assert set(orig) == {"fish", "hat", "car"}
     import gradio as gr

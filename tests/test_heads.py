@@ -17,7 +17,8 @@ from semcomp.heads.segment import SegmentError, TextSegmenter, overlay
 from semcomp.training.caption import class_sentence, clean_caption, mentions_class, pad_batch, token_f1, train_captioner
 from semcomp.training.generator import train_generator
 
-TINY_GEN = GeneratorConfig(embed_dim=8, image_size=16, block_out_channels=(32, 32, 64, 64), attention_head_dim=8)
+TINY_GEN = GeneratorConfig(embed_dim=8, image_size=16, block_out_channels=(32, 64), attention_levels=(False, True),
+                           attention_head_dim=8)
 
 
 # ---------------------------------------------------------------- generator
@@ -29,7 +30,7 @@ def test_generator_training_lowers_the_loss():
     imgs[:4] = 255  # two easy modes: white and black images with two embeddings
     imgs[4:] = 0
     emb = F.normalize(torch.cat([torch.ones(4, 8), -torch.ones(4, 8)]), dim=-1)
-    model, hist = train_generator(imgs, emb, TINY_GEN, steps=60, batch_size=8, lr=2e-3, warmup=1, log_every=20, cond_noise=0)
+    model, hist = train_generator(imgs, emb, TINY_GEN, steps=40, batch_size=8, lr=2e-3, warmup=1, log_every=10, cond_noise=0)
     losses = [l for _, l in hist["losses"]]
     assert losses[-1] < losses[0]
 
@@ -149,3 +150,28 @@ def test_segmenter_points_at_the_region_the_command_names():
         seg.segment(img, torch.zeros(3))
     with pytest.raises(SegmentError, match="RGB"):
         seg.segment(np.zeros((4, 4), np.uint8), red)
+
+
+def test_convert_clipcap_checkpoint_format(tmp_path):
+    """A tiny checkpoint in the public ClipCap layout converts, loads and captions; pickled objects are refused."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from semcomp.heads.caption import convert_clipcap
+
+    torch.manual_seed(0)
+    gpt = GPT2LMHeadModel(GPT2Config(vocab_size=50257, n_positions=32, n_embd=16, n_layer=2, n_head=2))
+    sd = {f"gpt.{k}": v for k, v in gpt.state_dict().items()}
+    sd.update({"clip_project.model.0.weight": torch.randn(40, 8), "clip_project.model.0.bias": torch.zeros(40),
+               "clip_project.model.2.weight": torch.randn(16 * 3, 40), "clip_project.model.2.bias": torch.zeros(48)})
+    ck = tmp_path / "coco_prefix-009.pt"
+    torch.save(sd, ck)
+    tok = Path(__file__).resolve().parents[1] / "weights" / "heads" / "semcomp-tiny-clipcap" / "tokenizer"
+    out = convert_clipcap(ck, tmp_path / "cc", tok, n_head=2, backbone="ViT-B-32/openai")
+    cap = Captioner.from_pretrained(out)
+    assert cap.cfg.prefix_length == 3 and cap.cfg.n_layer == 2 and cap.cfg.vocab_size == 50257
+    assert torch.equal(cap.model.gpt.transformer.wte.weight, gpt.transformer.wte.weight.half().float())
+    assert isinstance(cap.caption(torch.randn(1, 8), max_tokens=4)[0], str)
+    evil = tmp_path / "evil.pt"
+    torch.save({"x": ToyTokenizer(["a"])}, evil)  # an arbitrary object: weights_only refuses to unpickle it
+    with pytest.raises(CaptionError):
+        convert_clipcap(evil, tmp_path / "e", tok)

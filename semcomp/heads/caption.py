@@ -39,6 +39,7 @@ class CaptionConfig:
     eos_id: int = 50256  # in the model's own id space
     mapping_hidden: int | None = None  # ClipCap's MLP: embed -> (n_embd*prefix)//2 -> n_embd*prefix
     normalize_input: bool = True  # L2-normalise the embedding first (decoded features are not unit-norm)
+    input_scale: float = 1.0  # then multiply: ClipCap's public weights were trained on unnormalised CLIP features
     backbone: str = "semcomp-tiny-clip"
 
     @classmethod
@@ -64,7 +65,7 @@ class ClipCapModel(nn.Module):
 
     def prefix(self, embeds: torch.Tensor) -> torch.Tensor:
         if self.cfg.normalize_input:
-            embeds = F.normalize(embeds.float(), dim=-1)
+            embeds = F.normalize(embeds.float(), dim=-1) * self.cfg.input_scale
         return self.clip_project(embeds).view(-1, self.cfg.prefix_length, self.cfg.n_embd)
 
     def forward(self, embeds: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -186,3 +187,37 @@ class Captioner:
                 row = row[: row.index(self.cfg.eos_id)]
             caps.append(self.decode_ids(row))
         return caps
+
+
+def convert_clipcap(checkpoint: str | Path, out_dir: str | Path, tokenizer_dir: str | Path, n_head: int = 12,
+                    input_scale: float = 1.0, backbone: str = "ViT-B-32/openai") -> Path:
+    """The public ClipCap checkpoint (MLP mapping, e.g. ``coco_prefix-009.pt``) -> a semcomp captioner folder.
+
+    Loaded with ``torch.load(weights_only=True)``: tensors only, nothing is unpickled. Sizes are read from
+    the tensors (the checkpoint carries no config); ``n_head`` cannot be, GPT-2 small has 12.
+    """
+    path = Path(checkpoint)
+    if not path.exists():
+        raise CaptionError(f"ClipCap checkpoint not found: {path}")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # weights_only refuses anything that is not plain tensors/containers
+        raise CaptionError(f"{path} is not a plain ClipCap state dict: {e}") from e
+    if "clip_project.model.0.weight" not in sd or "gpt.transformer.wte.weight" not in sd:
+        raise CaptionError(f"{path} is not a ClipCap MLP checkpoint (expected clip_project.model.* and gpt.* tensors)")
+    vocab, n_embd = sd["gpt.transformer.wte.weight"].shape
+    hidden, embed_dim = sd["clip_project.model.0.weight"].shape
+    prefix = sd["clip_project.model.2.weight"].shape[0] // n_embd
+    n_layer = len({k.split(".")[3] for k in sd if k.startswith("gpt.transformer.h.")})
+    cfg = CaptionConfig(embed_dim=embed_dim, prefix_length=prefix, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
+                        n_positions=sd["gpt.transformer.wpe.weight"].shape[0], vocab_size=vocab, eos_id=vocab - 1,
+                        mapping_hidden=hidden, input_scale=input_scale, backbone=backbone)
+    model = ClipCapModel(cfg)
+    mapped = {k.replace("clip_project.model.", "clip_project."): v for k, v in sd.items()
+              if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+    mapped.setdefault("gpt.lm_head.weight", mapped["gpt.transformer.wte.weight"])
+    missing, unexpected = model.load_state_dict(mapped, strict=False)
+    if unexpected or [m for m in missing if not m.endswith((".attn.bias", ".attn.masked_bias"))]:
+        raise CaptionError(f"checkpoint does not fit GPT-2/ClipCap: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    card = {"kind": "caption", "converted_from": str(path), "source": "ClipCap (Mokady et al. 2021), MLP mapping"}
+    return Captioner(model, Captioner.load_tokenizer(tokenizer_dir)).save_pretrained(out_dir, card, tokenizer_dir=tokenizer_dir)

@@ -154,6 +154,9 @@ def train_captioner(model: ClipCapModel, embeds: torch.Tensor, tokens: list[list
         if ckpt_path and (step + 1) % ckpt_every == 0:
             save_checkpoint({"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1, "steps": steps,
                              "history": history}, ckpt_path)
+    if ckpt_path:  # the final state too, so later runs can start from it
+        save_checkpoint({"model": model.state_dict(), "opt": opt.state_dict(), "step": steps, "steps": steps,
+                         "history": history}, ckpt_path)
     model.eval()
     history["seconds"] = time.time() - t0
     return history
@@ -217,7 +220,7 @@ def train_embedded_captioner(out_dir: str | Path, *, backbone_name: str = "semco
                              text_epochs: float = 3.0, image_epochs: float = 1.0, decoded_codecs: list[str] | None = None,
                              alt_p: float = 0.5, eval_n: int = 1000, eval_codecs: list[str] | None = None,
                              cfg_overrides: dict | None = None, batch_size: int = 64, lr: float = 5e-4,
-                             seed: int = 0, stages: tuple[str, ...] = ("text", "image")) -> dict:
+                             seed: int = 0, stages: tuple[str, ...] = ("text", "image"), init_from: str | Path | None = None) -> dict:
     """The whole recipe (see module docstring); writes ``out_dir`` and returns the measured card."""
     from ..backbone import load_backbone
     from ..codecs import load_codec
@@ -237,12 +240,15 @@ def train_embedded_captioner(out_dir: str | Path, *, backbone_name: str = "semco
     cfg = CaptionConfig(vocab_size=len(vocab), eos_id=len(vocab) - 1, backbone=backbone_name, mapping_hidden=512,
                         **(cfg_overrides or {}))
     cap = Captioner(ClipCapModel(cfg), tokenizer, vocab)
+    if init_from:  # e.g. another run's text-stage checkpoint, to compare image fine-tunes from one start
+        cap.model.load_state_dict(load_checkpoint(init_from)["model"])
     bb = load_backbone(backbone_name)
     cache = Path(ckpt_dir)
     text_x = _cached_text_features(bb, flickr + sentences, Path.home() / ".cache" / "semcomp" / "features")
     text_tok = [cap.encode_text(s) for s in flickr + sentences]
     bf16 = cpu_has_bf16()
-    card = {"backbone": backbone_name, "config": {k: v for k, v in cfg.__dict__.items()}, "noise_std": noise_std,
+    card = {"kind": "caption", "name": Path(out_dir).name, "init_from": str(init_from) if init_from else None,
+            "backbone": backbone_name, "config": {k: v for k, v in cfg.__dict__.items()}, "noise_std": noise_std,
             "data": {"flickr8k_captions": len(flickr), "class_sentences": len(sentences)}, "stages": {}}
     if "text" in stages:  # 1. CapDec: text embeddings + noise -> the caption
         h = train_captioner(cap.model, text_x, text_tok, noise_std=noise_std, epochs=text_epochs, batch_size=batch_size,
