@@ -34,3 +34,22 @@ done
 
 # 4. the rate–accuracy table on the 40 unseen classes
 python bench/rate_accuracy.py --features "$FEAT/tin-val.safetensors" --backbone $BB
+
+# 5. receiver heads (weights/heads/): captioner on CPU (~40 min), generator in a GPU burst (or on a CPU: hours)
+EV="pqvae-n2d32k256 vqvae-n4d128k256 fsq-c32l4 fsq-c128l4 fsq-c200l8"
+DEC="pqvae-n2d32k256 vqvae-n4d128k256 fsq-c32l4 fsq-c128l4"
+CK=$HOME/.cache/semcomp/caption-ckpt
+[ -f weights/heads/semcomp-tiny-clipcap/model.safetensors ] || semcomp train-caption --out weights/heads/semcomp-tiny-clipcap \
+    --text-epochs 2 --image-epochs 0.6 --decoded-codecs $DEC --eval-codecs $EV
+semcomp train-caption --out ~/.cache/semcomp/caption-variants/text-only --stages --init-from $CK/semcomp-tiny-clipcap/caption-text.pt \
+    --eval-codecs $EV --force
+semcomp train-caption --out ~/.cache/semcomp/caption-variants/image-float-only --stages image --image-epochs 0.6 \
+    --init-from $CK/semcomp-tiny-clipcap/caption-text.pt --eval-codecs $EV --force
+python bench/caption.py
+if [ ! -f weights/heads/semcomp-tiny-unclip/model.safetensors ]; then
+  python scripts/prepare_generator_burst.py --shards 31          # inputs that fit the GPU machine's 64 MiB upload
+  python scripts/device_generator.py --data .devdata --out .devout/gen --seconds 330 --batch 256 --lr 3e-4   # on a GPU
+  python scripts/assemble_generator.py --src .devout/gen --out weights/heads/semcomp-tiny-unclip
+fi
+python bench/generate.py --device-dir .devout/gen --n 100
+python bench/segment.py --n 500
