@@ -285,6 +285,38 @@ def cmd_segment(a) -> None:
                       "box": [int(v) for v in r.boxes[0]], "peak": list(r.peak), "overlay": str(out)}, indent=2))
 
 
+def cmd_train_generator(a) -> None:
+    import time
+
+    import torch
+
+    from .backbone import features_from_uint8, load_backbone
+    from .data import tiny_imagenet_split
+    from .hardware import cpu_has_bf16
+    from .heads.generate import GeneratorConfig, ImageGenerator
+    from .training.generator import train_generator
+
+    out = Path(a.out)
+    _check_out(out / "model.safetensors", a.force)
+    t0 = time.time()
+    bb = load_backbone(a.backbone)
+    arr = tiny_imagenet_split("train", source=a.train_source)
+    emb = features_from_uint8(bb, arr.images)
+    emb_f = features_from_uint8(bb, arr.images[:, :, ::-1].copy())  # horizontally flipped images' own embeddings
+    device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    bf16 = device == "cuda" or cpu_has_bf16()
+    cfg = GeneratorConfig(embed_dim=emb.shape[1], image_size=arr.images.shape[1], backbone=bb.name)
+    ema, hist = train_generator(torch.from_numpy(arr.images), emb, cfg, embeds_flipped=emb_f, steps=a.steps,
+                                time_budget_s=a.seconds, batch_size=a.batch_size, lr=a.lr, device=device, bf16=bf16,
+                                ckpt_path=Path(a.ckpt_dir) / f"{out.name}.pt", seed=a.seed)
+    card = {"kind": "generate", "name": out.name, "trained_on": f"Tiny-ImageNet train ({len(arr.images)} images + flips)",
+            "steps": hist["steps"], "batch": a.batch_size, "lr": a.lr, "device": device, "seconds": round(time.time() - t0, 1),
+            "final_loss": hist["losses"][-1][1] if hist["losses"] else None, "default_guidance": 3.0, "default_steps": 20,
+            "command": "semcomp " + " ".join(a.argv)}
+    ImageGenerator(ema.float().cpu()).save_pretrained(out, card)
+    logger.info("generator -> %s (%d steps, %.0f s)", out, hist["steps"], time.time() - t0)
+
+
 def cmd_convert_clipcap(a) -> None:
     from .heads.caption import convert_clipcap
 
@@ -379,6 +411,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--force", action="store_true")
     c.set_defaults(func=cmd_train_caption)
+
+    tg = sub.add_parser("train-generator", help="train the embedded unCLIP-style generator on Tiny-ImageNet (GPU: minutes, CPU: hours)")
+    tg.add_argument("--out", default="weights/heads/semcomp-tiny-unclip")
+    tg.add_argument("--backbone", default="semcomp-tiny-clip")
+    tg.add_argument("--train-source", help="Tiny-ImageNet folder layout with all 500 train images per class (default: shared shards)")
+    tg.add_argument("--steps", type=int, default=20000)
+    tg.add_argument("--seconds", type=float, help="stop after this wall time (resumable: run again to continue)")
+    tg.add_argument("--batch-size", type=int, default=128)
+    tg.add_argument("--lr", type=float, default=3e-4)
+    tg.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    tg.add_argument("--ckpt-dir", default=str(Path.home() / ".cache" / "semcomp" / "generator-ckpt"))
+    tg.add_argument("--seed", type=int, default=0)
+    tg.add_argument("--force", action="store_true")
+    tg.set_defaults(func=cmd_train_generator)
 
     cc = sub.add_parser("convert-clipcap", help="public ClipCap checkpoint (.pt, MLP) -> safetensors captioner folder")
     cc.add_argument("checkpoint")
