@@ -109,7 +109,7 @@ def test_app_transmits_an_example_end_to_end():
     assert "cosine(original, decoded)" in stats and len(orig) == 5 and len(dec) == 5
     assert Path(scf).read_bytes()[:4] == b"SCF\x89"
     assert isinstance(cap_o, str) and cap_o and isinstance(cap_d, str) and cap_d
-    assert seg_o.shape == seg_d.shape == (64, 64, 3) and "bits" in note
+    assert seg_o.shape == seg_d.shape == (256, 256, 3) and "bits" in note
     # the receiver-only tab gets everything from the bitstream file alone
     info, labels, caption, img = demo.receive(scf, "Tiny-ImageNet-200", "", True, 0, 2, 3.0)
     assert "pqvae" in info and labels == dec and caption == cap_d and img.size == (256, 256)
