@@ -28,6 +28,37 @@ def label_sets() -> dict[str, list[str]]:
     return {"Tiny-ImageNet-200": [c["name"] for c in tin], "ImageNet-1k": list(IMAGENET_CLASSNAMES)}
 
 
+MAX_SIDE = 1024  # larger uploads are downscaled first: bounded memory and time
+MAX_COMMAND = 300  # characters
+
+
+def prepare_image(image):
+    """Any upload -> an RGB PIL image of at most MAX_SIDE px: first frame of animations, 16-bit/float scaled
+    to 8 bits, alpha dropped, CMYK/palette/grayscale converted. Raises ValueError for what is not an image."""
+    from PIL import Image
+
+    if image is None:
+        raise ValueError("Upload an image (or click an example) first.")
+    if not isinstance(image, Image.Image):
+        arr = np.asarray(image)
+        if arr.ndim not in (2, 3) or arr.size == 0:
+            raise ValueError(f"not an image: array of shape {arr.shape}")
+        if arr.dtype != np.uint8:
+            arr = arr.astype(np.float64)
+            arr = (255 * (arr - arr.min()) / max(1e-9, arr.max() - arr.min())).astype(np.uint8)
+        image = Image.fromarray(arr)
+    if getattr(image, "is_animated", False):
+        image.seek(0)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray((255 * (a - a.min()) / max(1e-9, a.max() - a.min())).astype(np.uint8))
+    image = image.convert("RGB")
+    if max(image.size) > MAX_SIDE:
+        image = image.copy()
+        image.thumbnail((MAX_SIDE, MAX_SIDE), Image.BICUBIC)
+    return image
+
+
 def _display(arr, min_side: int = 256):
     """Upscale small images (Tiny-ImageNet's 64 px) for the page; big ones pass through."""
     from PIL import Image
@@ -125,6 +156,8 @@ class Demo:
         command = (command or "").strip()
         if not command:
             return None, None, "type a command (e.g. \"the dog\") to segment"
+        if len(command) > MAX_COMMAND:
+            return None, None, f"the command is {len(command)} characters long; keep it under {MAX_COMMAND}"
         t = self.backbone.encode_text([command])
         blob = codec.compress(t, "auto")
         t_dec = codec.decompress(blob)[0]
@@ -144,12 +177,8 @@ class Demo:
 
         from semcomp.link import SemanticLink
 
-        if image is None:
-            raise gr.Error("Upload an image (or click an example) first.")
-        if not isinstance(image, Image.Image):
-            image = Image.fromarray(np.asarray(image))
-        image = image.convert("RGB")
         try:
+            image = prepare_image(image)
             clf = self.classifier(label_set, custom)
         except ValueError as e:
             raise gr.Error(str(e))
@@ -188,12 +217,13 @@ class Demo:
 
         from semcomp.link import SemanticLink
 
-        if image is None:
-            raise gr.Error("Upload an image (or click an example) first.")
         gen = self.head("generate")
         if gen is None:
             raise gr.Error(f"no generator ships for backbone {self.backbone.name}")
-        image = (image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))).convert("RGB")
+        try:
+            image = prepare_image(image)
+        except ValueError as e:
+            raise gr.Error(str(e))
         codec, _ = self.codec_for(family, bits)
         tx = SemanticLink(self.backbone, codec, coder).transmit_image(image)
         steps = int(steps)
@@ -214,6 +244,8 @@ class Demo:
             raise gr.Error("Upload a .scf bitstream (download one from the sender tab).")
         path = file if isinstance(file, str) else getattr(file, "name", None) or file["name"]
         blob = Path(path).read_bytes()
+        if len(blob) > 1 << 20:
+            raise gr.Error("that file is over 1 MB: not a single-image semcomp bitstream")
         try:
             codec, feats = receive(blob)
         except BitstreamError as e:
@@ -356,7 +388,8 @@ def main(argv=None):
     ap.add_argument("--sam-checkpoint", default=os.environ.get("SEMCOMP_SAM_CHECKPOINT"),
                     help="segment-anything vit_b checkpoint: SAM mask proposals for segmentation (needs a download)")
     a = ap.parse_args(argv)
-    build(Demo(a.backbone, a.sam_checkpoint)).queue(default_concurrency_limit=4).launch(server_name=a.host, server_port=a.port)
+    build(Demo(a.backbone, a.sam_checkpoint)).queue(default_concurrency_limit=4, max_size=64).launch(
+        server_name=a.host, server_port=a.port, max_file_size="20mb")
 
 
 if __name__ == "__main__":

@@ -125,3 +125,37 @@ def test_app_transmits_an_example_end_to_end():
         demo.run(Image.open(EXAMPLES[0]), "pqvae", 128, "ans", "Custom", " , ")
     with pytest.raises(gr.Error):
         demo.run(None, "pqvae", 128, "ans", "Tiny-ImageNet-200", "")
+
+
+def test_app_takes_awkward_images_and_commands(tmp_path):
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("app", ROOT / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    base = Image.open(EXAMPLES[0]).convert("RGB")
+    gif = tmp_path / "a.gif"
+    base.save(gif, save_all=True, append_images=[base.rotate(90)], duration=100)
+    awkward = [base.convert("CMYK"), base.convert("RGBA"), base.convert("L"), base.convert("P"),
+               Image.fromarray((np.asarray(base.convert("L"), dtype=np.uint16) * 257)), Image.open(gif),
+               base.resize((3000, 2000)), np.random.default_rng(0).random((40, 50, 3))]
+    for im in awkward:
+        out = app.prepare_image(im)
+        assert out.mode == "RGB" and max(out.size) <= app.MAX_SIDE
+    with pytest.raises(ValueError):
+        app.prepare_image(None)
+    with pytest.raises(ValueError):
+        app.prepare_image(np.zeros((0,)))
+    demo = app.Demo("semcomp-tiny-clip")
+    *_, seg_o, seg_d, note = demo.run(base.convert("CMYK"), "fsq", 64, "auto", "Tiny-ImageNet-200", "", "x" * 10000)
+    assert seg_o is None and "characters" in note
+    big = tmp_path / "big.scf"
+    big.write_bytes(b"SCF\x89" + bytes(2 << 20))
+    with pytest.raises(gr_error(), match="1 MB"):
+        demo.receive(str(big), "Tiny-ImageNet-200", "", False, 0, 2, 3.0)
+    junk = tmp_path / "junk.scf"
+    junk.write_bytes(b"hello")
+    with pytest.raises(gr_error(), match="not a valid semcomp bitstream"):
+        demo.receive(str(junk), "Tiny-ImageNet-200", "", False, 0, 2, 3.0)
