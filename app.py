@@ -28,35 +28,7 @@ def label_sets() -> dict[str, list[str]]:
     return {"Tiny-ImageNet-200": [c["name"] for c in tin], "ImageNet-1k": list(IMAGENET_CLASSNAMES)}
 
 
-MAX_SIDE = 1024  # larger uploads are downscaled first: bounded memory and time
-MAX_COMMAND = 300  # characters
-
-
-def prepare_image(image):
-    """Any upload -> an RGB PIL image of at most MAX_SIDE px: first frame of animations, 16-bit/float scaled
-    to 8 bits, alpha dropped, CMYK/palette/grayscale converted. Raises ValueError for what is not an image."""
-    from PIL import Image
-
-    if image is None:
-        raise ValueError("Upload an image (or click an example) first.")
-    if not isinstance(image, Image.Image):
-        arr = np.asarray(image)
-        if arr.ndim not in (2, 3) or arr.size == 0:
-            raise ValueError(f"not an image: array of shape {arr.shape}")
-        if arr.dtype != np.uint8:
-            arr = arr.astype(np.float64)
-            arr = (255 * (arr - arr.min()) / max(1e-9, arr.max() - arr.min())).astype(np.uint8)
-        image = Image.fromarray(arr)
-    if getattr(image, "is_animated", False):
-        image.seek(0)
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        a = np.asarray(image, dtype=np.float64)
-        image = Image.fromarray((255 * (a - a.min()) / max(1e-9, a.max() - a.min())).astype(np.uint8))
-    image = image.convert("RGB")
-    if max(image.size) > MAX_SIDE:
-        image = image.copy()
-        image.thumbnail((MAX_SIDE, MAX_SIDE), Image.BICUBIC)
-    return image
+from semcomp.images import MAX_COMMAND, MAX_SIDE, prepare_image  # noqa: E402  (the package holds the logic)
 
 
 def _display(arr, min_side: int = 256):
@@ -301,6 +273,8 @@ class Demo:
 def build(demo: Demo):
     import gradio as gr
 
+    from semcomp.backbone import available_backbones
+
     fam0 = "pqvae" if "pqvae" in demo.families() else demo.families()[0]
     b0 = demo.budgets(fam0)
     with gr.Blocks(title="semcomp — send what an image means") as ui:
@@ -308,7 +282,9 @@ def build(demo: Demo):
             "# semcomp — send what an image *means*, not its pixels\n"
             f"Backbone **{demo.backbone.name}** (embedded, offline: a small CLIP trained here on Tiny-ImageNet — "
             "far weaker than real CLIP; the caption and image heads were trained here too, see the README). "
-            "The receiver sees only the bitstream."
+            "The receiver sees only the bitstream.  \n"
+            "Other backbones: " + ", ".join(f"`{n}` ({v})" for n, v in available_backbones().items() if n != demo.backbone.name)
+            + " — start with `python app.py --backbone NAME` once codecs for it are in `weights/codecs/`."
         )
         with gr.Tab("Sender → receiver"):
             with gr.Row():

@@ -183,10 +183,12 @@ def cmd_train_caption(a) -> None:
 def _open_image(path: str):
     from PIL import Image, UnidentifiedImageError
 
+    from .images import prepare_image
+
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
-    except (OSError, UnidentifiedImageError) as e:
+            return prepare_image(im)
+    except (OSError, UnidentifiedImageError, ValueError) as e:
         raise CLIError(f"cannot read image {path}: {e}") from e
 
 
