@@ -64,6 +64,16 @@ class Demo:
         gen_card = self._head_card("generate")
         self.default_guidance = float(gen_card.get("default_guidance", 3.0))
 
+    def label_set(self, name: str) -> list[str]:
+        from semcomp.labels import DOWNLOADABLE, downloadable_label_set
+
+        if name in self.label_sets:
+            return self.label_sets[name]
+        key = name.split(" (")[0]
+        if key in DOWNLOADABLE:
+            return downloadable_label_set(key)  # LabelSetError (a ValueError) reaches the page as a message
+        raise ValueError(f"unknown label set {name!r}")
+
     def families(self) -> list[str]:
         return sorted({c["family"] for c in self.codecs})
 
@@ -88,7 +98,7 @@ class Demo:
             if not names:
                 raise ValueError("enter at least one comma-separated label")
         else:
-            names = self.label_sets[label_set]
+            names = self.label_set(label_set)
         key = (label_set, tuple(names))
         if key not in self._classifiers:
             self._classifiers[key] = ZeroShotClassifier.from_backbone(self.backbone, names)
@@ -295,7 +305,7 @@ def build(demo: Demo):
                     bits = gr.Slider(min(b0), max(max(b0), min(b0) + 1), value=min(b0, key=lambda b: abs(b - 256)), step=1,
                                      label=f"Bit budget (snaps to the shipped budgets: {', '.join(map(str, b0))})")
                     coder = gr.Radio(["auto", "ans", "huffman", "raw"], value="auto", label="Entropy coder (auto: smallest)")
-                    label_set = gr.Dropdown(list(demo.label_sets) + ["Custom"], value="Tiny-ImageNet-200", label="Labels")
+                    label_set = gr.Dropdown(list(demo.label_sets) + ["CIFAR-10 (downloads once)", "CIFAR-100 (downloads once)", "Custom"], value="Tiny-ImageNet-200", label="Labels")
                     custom = gr.Textbox(label="Custom labels (comma-separated)", placeholder="cat, dog, fire truck")
                     command = gr.Textbox(label="Segmentation command (sent compressed too)", placeholder="the parrot on the right")
                     go = gr.Button("Compress and transmit", variant="primary")
@@ -328,7 +338,7 @@ def build(demo: Demo):
             with gr.Row():
                 with gr.Column():
                     rfile = gr.File(label=".scf bitstream", file_types=[".scf"])
-                    r_labels = gr.Dropdown(list(demo.label_sets) + ["Custom"], value="Tiny-ImageNet-200", label="Labels")
+                    r_labels = gr.Dropdown(list(demo.label_sets) + ["CIFAR-10 (downloads once)", "CIFAR-100 (downloads once)", "Custom"], value="Tiny-ImageNet-200", label="Labels")
                     r_custom = gr.Textbox(label="Custom labels (comma-separated)")
                     r_img = gr.Checkbox(True, label="Also generate an image")
                     rgo = gr.Button("Decode", variant="primary")

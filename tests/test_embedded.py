@@ -159,3 +159,22 @@ def test_app_takes_awkward_images_and_commands(tmp_path):
     junk.write_bytes(b"hello")
     with pytest.raises(gr_error(), match="not a valid semcomp bitstream"):
         demo.receive(str(junk), "Tiny-ImageNet-200", "", False, 0, 2, 3.0)
+
+
+def test_downloadable_label_sets_fail_clearly_offline(tmp_path, monkeypatch):
+    import torchvision
+
+    import semcomp.labels as labels
+
+    monkeypatch.setattr(labels, "CACHE", tmp_path)
+
+    def offline(*a, **k):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(labels.LabelSetError, match="CIFAR-10 class names"):
+        labels.downloadable_label_set("CIFAR-10")
+    (tmp_path / "CIFAR-100.json").write_text('["apple", "aquarium fish"]')  # cached after one download
+    assert labels.downloadable_label_set("CIFAR-100") == ["apple", "aquarium fish"]
+    with pytest.raises(labels.LabelSetError):
+        labels.downloadable_label_set("MNIST")
