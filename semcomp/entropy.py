@@ -132,6 +132,12 @@ def ans_decode(payload: bytes, count: int, model: SymbolModel, models=None) -> n
     if len(payload) % 4:
         raise EntropyCodingError(f"ANS payload length {len(payload)} is not a multiple of 4")
     words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
+    # An ANS decoder happily invents symbols past the end of its data, so bound the announced count by what the
+    # payload can carry before allocating: every item costs at least sum_j -log2(max_j p) bits under the model
+    # (0.9: slack for constriction's quantised probabilities; +64: the coder's state).
+    min_bits = 0.9 * float(-np.log2(model.probabilities().max(axis=1)).sum())
+    if count * min_bits > 32 * len(words) + 64:
+        raise EntropyCodingError(f"ANS payload of {len(payload)} bytes cannot hold {count} items")
     models = models or _ans_models(model)
     out = np.empty((count, model.num_positions), dtype=np.int64)
     try:

@@ -72,3 +72,23 @@ def test_auto_coder_picks_the_smallest_and_decodes(trained):
         blob = codec.compress(x[:n], "auto")
         assert len(blob) == min(len(codec.compress(x[:n], c)) for c in ("raw", "ans", "huffman"))
         assert np.array_equal(codec.decompress_symbols(blob), codec.encode(x[:n]).numpy())
+
+
+def test_a_forged_item_count_is_refused_before_allocating(trained):
+    """A header claiming 2^24 items with a valid CRC must fail fast, not allocate count x positions symbols."""
+    import struct
+    import zlib
+
+    from semcomp.bitstream import _FIXED
+
+    codec, x = trained
+    messages = {"raw": "raw payload has", "huffman": "too short", "ans": "cannot hold"}
+    for coder, msg in messages.items():
+        blob = bytearray(codec.compress(x[:2], coder))
+        body = blob[:-4]
+        fields = list(_FIXED.unpack_from(body, 0))
+        fields[6] = 1 << 24  # count
+        body[: _FIXED.size] = _FIXED.pack(*fields)
+        forged = bytes(body) + struct.pack("<I", zlib.crc32(bytes(body)))
+        with pytest.raises(BitstreamError, match=msg):  # refused from the sizes alone, before decoding
+            codec.decompress(forged)
