@@ -12,6 +12,7 @@ import io
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent
 EXAMPLES = sorted(str(p) for p in (ROOT / "assets" / "examples").glob("*.jpg"))
 RATE_RESULTS = ROOT / "bench" / "results" / "rate_accuracy.json"
+PLOT_LOCK = threading.Lock()
 
 
 def label_sets() -> dict[str, list[str]]:
@@ -61,6 +63,10 @@ class Demo:
         self.measured_top1 = {r["codec"]: r.get("top1", 0.0) for r in rep["results"] if rep.get("backbone") == self.backbone.name}
         self._classifiers: dict[tuple, object] = {}
         self.sam_checkpoint = sam_checkpoint
+        # Load every model now, once: lazy first imports (diffusers, transformers) are not thread-safe, and the
+        # queue runs requests in parallel threads (found by bench/app_load.py).
+        for kind in ("caption", "generate"):
+            self.head(kind)
         gen_card = self._head_card("generate")
         self.default_guidance = float(gen_card.get("default_guidance", 3.0))
 
@@ -251,14 +257,19 @@ class Demo:
         return info, dict(zip(r.labels, r.probs)), caption, img
 
     def plot(self, family, bits, info):
+        with PLOT_LOCK:  # matplotlib's pyplot and mathtext are not thread-safe (bench/app_load.py found it)
+            return self._plot(family, bits, info)
+
+    def _plot(self, family, bits, info):
         import matplotlib
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # not pyplot: pyplot keeps every figure alive (a leak under load)
 
         from semcomp.zoo import best_per_budget
 
-        fig, ax = plt.subplots(figsize=(5.5, 3.2))
+        fig = Figure(figsize=(5.5, 3.2))
+        ax = fig.subplots()
         if RATE_RESULTS.exists():
             rep = json.loads(RATE_RESULTS.read_text())
             rows = best_per_budget([r for r in rep["results"] if r["family"] == family])  # one point per budget
