@@ -22,6 +22,17 @@ def _check_out(path: Path, force: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
 
 
+def _atomic_write(out: Path, data: bytes) -> None:
+    """Write via a temp file + os.replace; on any failure (a full disk) leave neither file behind."""
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(out)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise CLIError(f"could not write {out}: {e}") from e
+
+
 def _select(fs, split_name: str | None, part: str):
     if not split_name:
         return fs
@@ -136,9 +147,7 @@ def cmd_encode(a) -> None:
     codec = load_codec(a.codec)
     fs = load_features(a.features)
     blob = codec.compress(fs.features, a.coder)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(blob)
-    tmp.replace(out)
+    _atomic_write(out, blob)
     logger.info("%d features -> %d bytes (%.1f bits/feature; fixed %d)", len(fs.features), len(blob), 8 * len(blob) / len(fs.features), codec.bits)
 
 
@@ -223,9 +232,7 @@ def cmd_send(a) -> None:
     codec = _shipped_codec(bb.name, a.codec, a.bits)
     feats = bb.encode_images([_open_image(p) for p in a.images])
     blob = codec.compress(feats, a.coder)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(blob)
-    tmp.replace(out)
+    _atomic_write(out, blob)
     print(f"{len(a.images)} image(s) -> {out}: {len(blob)} bytes with {codec.spec} ({codec.bits} bits fixed per image)")
 
 

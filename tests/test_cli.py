@@ -87,3 +87,22 @@ def test_send_receive_segment_on_a_users_image(tmp_path, capsys):
     assert not (tmp_path / "y.scf").exists()
     scf.write_bytes(scf.read_bytes()[:-1])
     assert main(["receive", str(scf)]) == 2
+
+
+def test_a_full_disk_leaves_no_partial_output(tmp_path, feature_file, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    out = tmp_path / "codecs"
+    assert main(["train", "--features", str(feature_file), "--spec", "fsq-c8l4", "--epochs", "1", "--batch-size", "64",
+                 "--out-dir", str(out), "--ckpt-dir", str(tmp_path / "ck")]) == 0
+    real = Path.write_bytes
+
+    def full_disk(self, data):
+        real(self, data[: len(data) // 2])  # half written, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    scf = tmp_path / "x.scf"
+    assert main(["encode", "--codec", str(out / "fsq-c8l4"), "--features", str(feature_file), "--out", str(scf)]) == 2
+    assert not scf.exists() and not (tmp_path / "x.scf.tmp").exists()
