@@ -59,3 +59,50 @@ def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, mon
         save_checkpoint({"epoch": 2, "w": torch.zeros(3)}, p)
     state = load_checkpoint(p)
     assert state["epoch"] == 1 and torch.equal(state["w"], torch.ones(3))
+
+
+HEAD_SCRIPT = r'''
+import sys, torch, torch.nn.functional as F
+from safetensors.torch import save_file
+from semcomp.heads.caption import CaptionConfig, ClipCapModel
+from semcomp.heads.generate import GeneratorConfig
+from semcomp.training.caption import train_captioner
+from semcomp.training.generator import train_generator
+kind, ckpt, out = sys.argv[1:4]
+torch.set_num_threads(1)
+g = torch.Generator().manual_seed(0)
+if kind == "generator":
+    cfg = GeneratorConfig(embed_dim=8, image_size=16, block_out_channels=(32, 64), attention_levels=(False, True), attention_head_dim=8)
+    imgs = torch.randint(0, 256, (16, 16, 16, 3), generator=g, dtype=torch.uint8)
+    emb = F.normalize(torch.randn(16, 8, generator=g), dim=-1)
+    model, _ = train_generator(imgs, emb, cfg, steps=40, batch_size=4, lr=1e-3, warmup=1, ckpt_path=ckpt, ckpt_every=5, log_every=5)
+else:
+    cfg = CaptionConfig(embed_dim=8, prefix_length=2, n_embd=32, n_layer=1, n_head=2, n_positions=32, vocab_size=7, eos_id=6, mapping_hidden=32)
+    torch.manual_seed(0)
+    model = ClipCapModel(cfg)
+    emb = torch.randn(64, 8, generator=g)
+    toks = [[int(t) for t in torch.randint(0, 6, (5,), generator=g)] + [6] for _ in range(64)]
+    train_captioner(model, emb, toks, noise_std=0.05, epochs=5, batch_size=4, lr=1e-3, warmup=1, ckpt_path=ckpt, ckpt_every=5, log_every=5)
+save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, out)
+'''
+
+
+@pytest.mark.parametrize("kind", ["generator", "caption"])
+def test_head_trainings_survive_kill_9(tmp_path, kind):
+    script = tmp_path / "train_head.py"
+    script.write_text(HEAD_SCRIPT)
+    ckpt = tmp_path / "ck.pt"
+    run = [sys.executable, str(script), kind, str(ckpt)]
+    proc = subprocess.Popen(run + [str(tmp_path / "a.safetensors")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists() and not (tmp_path / "a.safetensors").exists(), "the kill must land mid-run"
+    assert subprocess.run(run + [str(tmp_path / "a.safetensors")], capture_output=True).returncode == 0  # resume
+    assert subprocess.run([sys.executable, str(script), kind, str(tmp_path / "ck2.pt"), str(tmp_path / "b.safetensors")],
+                          capture_output=True).returncode == 0
+    wa, wb = load_file(str(tmp_path / "a.safetensors")), load_file(str(tmp_path / "b.safetensors"))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-4, rtol=1e-4)

@@ -119,6 +119,8 @@ def train_captioner(model: ClipCapModel, embeds: torch.Tensor, tokens: list[list
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         start, history = state["step"], state["history"]
+        if "rng" in state:  # GPT-2's dropout draws from the global stream
+            torch.set_rng_state(state["rng"])
         logger.info("resumed caption training at step %d/%d", start, steps)
     g = torch.Generator().manual_seed(seed)
     order = torch.cat([torch.randperm(n, generator=g) for _ in range(int(math.ceil(steps * batch_size / n)) + 1)])
@@ -153,7 +155,7 @@ def train_captioner(model: ClipCapModel, embeds: torch.Tensor, tokens: list[list
                 progress(step + 1, steps, history["losses"][-1][1])
         if ckpt_path and (step + 1) % ckpt_every == 0:
             save_checkpoint({"model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1, "steps": steps,
-                             "history": history}, ckpt_path)
+                             "history": history, "rng": torch.get_rng_state()}, ckpt_path)
     if ckpt_path:  # the final state too, so later runs can start from it
         save_checkpoint({"model": model.state_dict(), "opt": opt.state_dict(), "step": steps, "steps": steps,
                          "history": history}, ckpt_path)

@@ -60,12 +60,13 @@ def train_generator(images: torch.Tensor, embeds: torch.Tensor, cfg: GeneratorCo
     if embeds_flipped is not None:
         embeds_flipped = embeds_flipped.to(device)
     n = images.shape[0]
-    g = torch.Generator(device).manual_seed(seed * 1000 + start)
     t0, seen, window = time.time(), 0, []
     step = start
     while step < steps:
         if time_budget_s is not None and time.time() - t0 > time_budget_s:
             break
+        # one random stream per step: a resumed run draws exactly what an uninterrupted one would
+        g = torch.Generator(device).manual_seed(seed * 1_000_003 + step)
         idx = torch.randint(0, n, (batch_size,), generator=g, device=device)
         x = images_to_model(images[idx])
         e = embeds[idx]
