@@ -257,8 +257,15 @@ class Demo:
         return info, dict(zip(r.labels, r.probs)), caption, img
 
     def plot(self, family, bits, info):
-        with PLOT_LOCK:  # matplotlib's pyplot and mathtext are not thread-safe (bench/app_load.py found it)
-            return self._plot(family, bits, info)
+        # Rendered to pixels here, under a lock: matplotlib's text layout (mathtext) is not thread-safe, and a
+        # gr.Plot would be rendered later by Gradio in parallel threads (bench/app_load.py found both).
+        from PIL import Image
+
+        with PLOT_LOCK:
+            fig = self._plot(family, bits, info)
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=100)
+        return np.asarray(Image.open(buf).convert("RGB"))
 
     def _plot(self, family, bits, info):
         import matplotlib
@@ -323,7 +330,7 @@ def build(demo: Demo):
                 with gr.Column(scale=1):
                     stats = gr.Markdown()
                     scf = gr.File(label="Bitstream (.scf)")
-                    plot = gr.Plot(label="Measured accuracy vs bits")
+                    plot = gr.Image(label="Measured accuracy vs bits", interactive=False)
             with gr.Row():
                 with gr.Column():
                     gr.Markdown("### From the original feature")
