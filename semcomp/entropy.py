@@ -73,6 +73,9 @@ def empirical_entropy_bits(symbols: np.ndarray, alphabet: int) -> float:
     return float(h.sum() * symbols.shape[0])
 
 
+MAX_SYMBOLS = 1 << 25  # per stream: 32 M symbols (a 256 MB int64 array at most); split larger batches
+
+
 def bits_per_symbol(alphabet: int) -> int:
     b = int(round(math.log2(alphabet)))
     if 2**b != alphabet:
@@ -132,12 +135,6 @@ def ans_decode(payload: bytes, count: int, model: SymbolModel, models=None) -> n
     if len(payload) % 4:
         raise EntropyCodingError(f"ANS payload length {len(payload)} is not a multiple of 4")
     words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
-    # An ANS decoder happily invents symbols past the end of its data, so bound the announced count by what the
-    # payload can carry before allocating: every item costs at least sum_j -log2(max_j p) bits under the model
-    # (0.9: slack for constriction's quantised probabilities; +64: the coder's state).
-    min_bits = 0.9 * float(-np.log2(model.probabilities().max(axis=1)).sum())
-    if count * min_bits > 32 * len(words) + 64:
-        raise EntropyCodingError(f"ANS payload of {len(payload)} bytes cannot hold {count} items")
     models = models or _ans_models(model)
     out = np.empty((count, model.num_positions), dtype=np.int64)
     try:
@@ -215,6 +212,9 @@ class EntropyCoder:
         return self._cache[key]
 
     def encode(self, symbols: np.ndarray, coder: str) -> bytes:
+        if np.asarray(symbols).size > MAX_SYMBOLS:
+            raise EntropyCodingError(f"{np.asarray(symbols).size} symbols exceed the {MAX_SYMBOLS} one stream may hold; "
+                                     "compress the batch in parts")
         if coder == "raw":
             return raw_encode(symbols, self.model.alphabet)
         if coder == "ans":
@@ -224,6 +224,12 @@ class EntropyCoder:
         raise EntropyCodingError(f"unknown entropy coder {coder!r}; choose one of {sorted(CODER_IDS)}")
 
     def decode(self, payload: bytes, count: int, coder: str) -> np.ndarray:
+        # An ANS decoder invents symbols past the end of its data, and a near-certain model codes thousands of
+        # items in zero payload bytes, so the payload size cannot bound the count: cap what one stream may
+        # allocate instead (a forged count once made the decoder allocate count x positions symbols).
+        if count * self.model.num_positions > MAX_SYMBOLS:
+            raise EntropyCodingError(f"{count} items x {self.model.num_positions} symbols exceed the {MAX_SYMBOLS} symbols "
+                                     "one stream may hold")
         if coder == "raw":
             return raw_decode(payload, count, self.model.num_positions, self.model.alphabet)
         if coder == "ans":
