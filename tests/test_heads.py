@@ -175,3 +175,31 @@ def test_convert_clipcap_checkpoint_format(tmp_path):
     torch.save({"x": ToyTokenizer(["a"])}, evil)  # an arbitrary object: weights_only refuses to unpickle it
     with pytest.raises(CaptionError):
         convert_clipcap(evil, tmp_path / "e", tok)
+
+
+def test_sam_proposals_with_a_tiny_random_sam():
+    """The SAM path (real users pass --sam-checkpoint): a tiny Sam built from segment_anything's modeling classes."""
+    from functools import partial
+
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    torch.manual_seed(0)
+    d = 32
+    sam = Sam(image_encoder=ImageEncoderViT(img_size=64, patch_size=16, embed_dim=d, depth=1, num_heads=2, out_chans=d,
+                                            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True),
+              prompt_encoder=PromptEncoder(embed_dim=d, image_embedding_size=(4, 4), input_image_size=(64, 64), mask_in_chans=4),
+              mask_decoder=MaskDecoder(num_multimask_outputs=3, transformer=TwoWayTransformer(depth=1, embedding_dim=d, mlp_dim=64, num_heads=2),
+                                       transformer_dim=d, iou_head_depth=1, iou_head_hidden_dim=16),
+              pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375]).eval()
+    img = np.full((64, 64, 3), 100, np.uint8)
+    img[36:60, 8:30] = (250, 20, 20)
+    kw = {"points_per_side": 4, "pred_iou_thresh": -10, "stability_score_thresh": -10, "box_nms_thresh": 1.0}
+    boxes_only = TextSegmenter(ColourBackbone(), "boxes")
+    with_sam = TextSegmenter(ColourBackbone(), "sam+boxes", sam_checkpoint=sam, sam_kwargs=kw)
+    n_boxes = len(boxes_only.propose(img))
+    props = with_sam.propose(img)
+    assert len(props) > n_boxes and all(p.shape == (64, 64) and p.dtype == bool for p in props)
+    r = with_sam.segment(img, torch.tensor([1.0, -0.6, -0.6]))
+    assert r.best_mask.shape == (64, 64) and r.scores[0] >= r.scores[-1]
+    with pytest.raises(SegmentError, match="checkpoint"):
+        TextSegmenter(ColourBackbone(), "sam").propose(img)

@@ -82,11 +82,18 @@ def box_proposals(h: int, w: int, scales: tuple[float, ...] = (0.35, 0.5, 0.7, 0
     return out + [full]
 
 
-def sam_proposals(image: np.ndarray, checkpoint: str, model_type: str = "vit_b") -> list[np.ndarray]:
+def sam_mask_generator(sam, model_type: str = "vit_b", **kw):
+    """segment-anything's automatic mask generator from a checkpoint path (real users) or a built ``Sam``."""
     from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
 
-    sam = sam_model_registry[model_type](checkpoint=checkpoint)
-    return [m["segmentation"] for m in SamAutomaticMaskGenerator(sam).generate(image)]
+    if isinstance(sam, (str, bytes)) or hasattr(sam, "__fspath__"):
+        sam = sam_model_registry[model_type](checkpoint=str(sam))
+    return SamAutomaticMaskGenerator(sam, **kw)
+
+
+def sam_proposals(image: np.ndarray, generator, min_area: float = 0.01) -> list[np.ndarray]:
+    h, w = image.shape[:2]
+    return [m["segmentation"] for m in generator.generate(image) if m["segmentation"].sum() >= min_area * h * w]
 
 
 def masked_crop(image: np.ndarray, mask: np.ndarray, pad: float = 0.1) -> Image.Image:
@@ -104,11 +111,13 @@ def masked_crop(image: np.ndarray, mask: np.ndarray, pad: float = 0.1) -> Image.
 class TextSegmenter:
     """Rank mask proposals of an image by CLIP similarity to a (decoded) text-command feature."""
 
-    def __init__(self, backbone, proposals: str = "superpixels+boxes", sam_checkpoint: str | None = None,
-                 work_size: int = 128):
+    def __init__(self, backbone, proposals: str = "superpixels+boxes", sam_checkpoint=None, work_size: int = 128,
+                 sam_kwargs: dict | None = None):
         self.backbone = backbone
         self.proposals = proposals
-        self.sam_checkpoint = sam_checkpoint
+        self.sam_checkpoint = sam_checkpoint  # a SAM checkpoint path, or a built segment_anything ``Sam``
+        self.sam_kwargs = sam_kwargs or {}
+        self._sam = None
         self.work_size = work_size  # proposals are made at this resolution, masks scaled back up
 
     def propose(self, image: np.ndarray) -> list[np.ndarray]:
@@ -119,9 +128,11 @@ class TextSegmenter:
         h, w = image.shape[:2]
         out = []
         if "sam" in kinds:
-            if not self.sam_checkpoint:
+            if self.sam_checkpoint is None:
                 raise SegmentError("SAM proposals need a SAM checkpoint (--sam-checkpoint)")
-            out += sam_proposals(image, self.sam_checkpoint)
+            if self._sam is None:  # built once: the image encoder is the expensive part to load
+                self._sam = sam_mask_generator(self.sam_checkpoint, **self.sam_kwargs)
+            out += sam_proposals(image, self._sam)
         if "superpixels" in kinds:
             out += superpixel_proposals(image)
         if "boxes" in kinds:
