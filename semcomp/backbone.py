@@ -8,7 +8,6 @@ Models are cached, so an app loads each once.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -74,12 +73,10 @@ def load_embedded(path: str | Path, verify: bool = True) -> Backbone:
     from .embedded_clip import EmbeddedClip, EmbeddedClipConfig
 
     path = Path(path)
+    from .weights import read_verified_card
+
     w = path / "model.safetensors"
-    if not w.exists():
-        raise BackboneError(f"embedded backbone weights not found: {w}")
-    card = json.loads((path / "card.json").read_text()) if (path / "card.json").exists() else {}
-    if verify and card.get("sha256") and hashlib.sha256(w.read_bytes()).hexdigest() != card["sha256"]:
-        raise BackboneError(f"weights file {w} does not match the sha256 in its card (altered or truncated)")
+    read_verified_card(path, w.name, BackboneError, verify)
     cfg = EmbeddedClipConfig.from_dict(json.loads((path / "config.json").read_text()))
     model = EmbeddedClip(cfg)
     sd = {k: v.float() for k, v in load_file(str(w)).items()}

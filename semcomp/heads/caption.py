@@ -13,7 +13,6 @@ Two shapes of the same model:
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +20,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..weights import file_sha256
 
 
 class CaptionError(ValueError):
@@ -121,13 +122,11 @@ class Captioner:
     def from_pretrained(cls, path: str | Path, verify: bool = True) -> "Captioner":
         from safetensors.torch import load_file
 
+        from ..weights import read_verified_card
+
         path = Path(path)
         w = path / cls.WEIGHTS
-        if not w.exists():
-            raise CaptionError(f"captioner weights not found: {w}")
-        card = json.loads((path / "card.json").read_text()) if (path / "card.json").exists() else {}
-        if verify and card.get("sha256") and hashlib.sha256(w.read_bytes()).hexdigest() != card["sha256"]:
-            raise CaptionError(f"weights file {w} does not match the sha256 in its card (altered or truncated)")
+        read_verified_card(path, cls.WEIGHTS, CaptionError, verify)
         cfg = CaptionConfig.from_dict(json.loads((path / "config.json").read_text()))
         sd = load_file(str(w))
         vocab_ids = sd.pop("vocab_ids", None)
@@ -158,7 +157,7 @@ class Captioner:
             for f in ("vocab.json", "merges.txt"):
                 shutil.copy(Path(tokenizer_dir) / f, path / "tokenizer" / f)
         card = dict(card or {})
-        card["sha256"] = hashlib.sha256((path / self.WEIGHTS).read_bytes()).hexdigest()
+        card["sha256"] = file_sha256(path / self.WEIGHTS)
         (path / "card.json").write_text(json.dumps(card, indent=2))
         return path
 

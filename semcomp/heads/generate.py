@@ -13,7 +13,6 @@ Both refuse an embedding of the wrong width or from another backbone's space (``
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..weights import file_sha256, read_verified_card
 
 
 class GeneratorError(ValueError):
@@ -138,11 +139,7 @@ class ImageGenerator:
 
         path = Path(path)
         w = path / cls.WEIGHTS
-        if not w.exists():
-            raise GeneratorError(f"generator weights not found: {w}")
-        card = json.loads((path / "card.json").read_text()) if (path / "card.json").exists() else {}
-        if verify and card.get("sha256") and hashlib.sha256(w.read_bytes()).hexdigest() != card["sha256"]:
-            raise GeneratorError(f"weights file {w} does not match the sha256 in its card (altered or truncated)")
+        read_verified_card(path, cls.WEIGHTS, GeneratorError, verify)
         model = EmbeddingConditionedUNet(GeneratorConfig.from_dict(json.loads((path / "config.json").read_text())))
         try:
             model.load_state_dict({k: v.float() for k, v in load_file(str(w)).items()})
@@ -159,7 +156,7 @@ class ImageGenerator:
         save_file(sd, str(path / self.WEIGHTS))
         (path / "config.json").write_text(json.dumps(asdict(self.cfg), indent=2))
         card = dict(card or {})
-        card["sha256"] = hashlib.sha256((path / self.WEIGHTS).read_bytes()).hexdigest()
+        card["sha256"] = file_sha256(path / self.WEIGHTS)
         (path / "card.json").write_text(json.dumps(card, indent=2))
         return path
 
