@@ -203,3 +203,50 @@ def test_sam_proposals_with_a_tiny_random_sam():
     assert r.best_mask.shape == (64, 64) and r.scores[0] >= r.scores[-1]
     with pytest.raises(SegmentError, match="checkpoint"):
         TextSegmenter(ColourBackbone(), "sam").propose(img)
+
+
+def tiny_stable_unclip(tmp_path, e=32):
+    """StableUnCLIPImg2ImgPipeline from tiny random parts (a character-level CLIP tokenizer written here)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableUnCLIPImg2ImgPipeline, UNet2DConditionModel
+    from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import StableUnCLIPImageNormalizer
+    from transformers import (CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig,
+                              CLIPVisionModelWithProjection)
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in "abcdefghijklmnopqrstuvwxyz":
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    tok = CLIPTokenizer(vocab_file=str(tmp_path / "vocab.json"), merges_file=str(tmp_path / "merges.txt"), model_max_length=77)
+    torch.manual_seed(0)
+    text = CLIPTextModel(CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=e, projection_dim=e,
+                                        intermediate_size=37, num_attention_heads=4, num_hidden_layers=1, vocab_size=len(vocab)))
+    vision = CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=e, projection_dim=e, num_hidden_layers=1, num_attention_heads=4,
+                                                            image_size=32, intermediate_size=37, patch_size=8))
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), block_out_channels=(32, 64), attention_head_dim=(2, 4),
+                                class_embed_type="projection", projection_class_embeddings_input_dim=2 * e, cross_attention_dim=e,
+                                layers_per_block=1, upcast_attention=True, use_linear_projection=True)
+    return StableUnCLIPImg2ImgPipeline(
+        feature_extractor=CLIPImageProcessor(crop_size=32, size=32), image_encoder=vision,
+        image_normalizer=StableUnCLIPImageNormalizer(embedding_dim=e), image_noising_scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2"),
+        tokenizer=tok, text_encoder=text, unet=unet, vae=AutoencoderKL(block_out_channels=(32,), latent_channels=4),
+        scheduler=DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type="v_prediction",
+                                set_alpha_to_one=False, steps_offset=1))
+
+
+def test_stable_unclip_path_takes_the_decoded_embedding(tmp_path):
+    from semcomp.heads.generate import StableUnCLIPGenerator
+
+    gen = StableUnCLIPGenerator(tiny_stable_unclip(tmp_path), embed_dim=32)
+    e = torch.randn(1, 32)
+    seen = []
+    a = gen.generate(e, steps=2, guidance=3.0, seed=0, height=16, width=16, callback=lambda i, n: seen.append(i))
+    b = gen.generate(e, steps=2, guidance=3.0, seed=0, height=16, width=16)
+    assert a[0].size == (16, 16) and seen == [1, 2]
+    assert np.array_equal(np.asarray(a[0]), np.asarray(b[0]))  # deterministic under a seed
+    c = gen.generate(-e, steps=2, guidance=3.0, seed=0, height=16, width=16)
+    assert not np.array_equal(np.asarray(a[0]), np.asarray(c[0]))  # the embedding reaches the image
+    with pytest.raises(GeneratorError, match="32-d"):
+        gen.generate(torch.randn(1, 31), steps=1)

@@ -215,7 +215,8 @@ class StableUnCLIPGenerator:
         return cls(StableUnCLIPImg2ImgPipeline.from_pretrained(name, **kw))
 
     def generate(self, embeds, steps: int = 20, guidance: float = 10.0, seed: int = 0, noise_level: int = 0,
-                 prompt: str = "", callback: Callable[[int, int], None] | None = None) -> list:
+                 prompt: str = "", callback: Callable[[int, int], None] | None = None, height: int | None = None,
+                 width: int | None = None) -> list:
         embeds = torch.as_tensor(embeds, dtype=torch.float32)
         if embeds.ndim == 1:
             embeds = embeds[None]
@@ -224,9 +225,9 @@ class StableUnCLIPGenerator:
         g = torch.Generator("cpu").manual_seed(int(seed))
         cb = None
         if callback is not None:
-            def cb(pipe, i, t, kw):  # diffusers' callback_on_step_end signature
+            def cb(i, t, latents):  # this pipeline's (older) callback signature: step index, timestep, latents
                 callback(i + 1, steps)
-                return kw
         out = self.pipe(prompt=[prompt] * len(embeds), image_embeds=embeds.to(self.pipe.dtype), num_inference_steps=steps,
-                        guidance_scale=guidance, noise_level=noise_level, generator=g, callback_on_step_end=cb)
+                        guidance_scale=guidance, noise_level=noise_level, generator=g, callback=cb, callback_steps=1,
+                        height=height, width=width)
         return out.images
