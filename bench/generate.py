@@ -27,7 +27,7 @@ from semcomp.backbone import features_from_uint8, load_backbone  # noqa: E402
 from semcomp.codecs import load_codec  # noqa: E402
 from semcomp.data import load_features, tiny_imagenet_split  # noqa: E402
 from semcomp.receiver import load_head  # noqa: E402
-from semcomp.zoo import best_per_budget, shipped_codecs  # noqa: E402
+from semcomp.zoo import best_measured  # noqa: E402
 
 
 def grid_png(grid: dict, path: Path, labels: dict) -> None:
@@ -89,14 +89,12 @@ def main() -> None:
     text = F.normalize(torch.from_numpy(fs.metadata["_extra"]["text_features"]).float(), dim=-1)
     x = torch.from_numpy(fs.features[: a.n])
     y = torch.from_numpy(fs.labels[: a.n])
-    rows = json.loads((RESULTS / "rate_accuracy.json").read_text())["results"]
-    best = {r["fixed_bits"]: r["codec"] for r in best_per_budget(rows)}
-    paths = {c["spec"]: c["path"] for c in shipped_codecs(bb.name)}
+    best = best_measured(bb.name)
     variants = {"float": x}
     for b in (64, 256):
-        c = load_codec(paths[best[b]])
+        c = load_codec(best[b]["path"])
         with torch.inference_mode():
-            variants[f"{b} bits ({best[b]})"] = c.decode(c.encode(x))
+            variants[f"{b} bits ({c.spec})"] = c.decode(c.encode(x))
     cpu = {}
     for k, v in variants.items():
         imgs = np.concatenate([gen.generate(v[i : i + 50], steps=a.steps, guidance=g, seed=i) for i in range(0, len(v), 50)])

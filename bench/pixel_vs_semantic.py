@@ -26,7 +26,7 @@ from semcomp.codecs import load_codec  # noqa: E402
 from semcomp.data import SHARED_ASSETS, tiny_imagenet_classes, tiny_imagenet_split  # noqa: E402
 from semcomp.pixel import PillowCodec  # noqa: E402
 from semcomp.splits import class_split  # noqa: E402
-from semcomp.zoo import best_per_budget, shipped_codecs  # noqa: E402
+from semcomp.zoo import best_measured  # noqa: E402
 
 QUALITIES = {"jpeg": [1, 5, 10, 20, 40, 75, 95], "webp": [0, 5, 10, 25, 50, 75, 95]}
 
@@ -57,13 +57,11 @@ def main() -> None:
             rows.append({"method": codec.name, "family": fmt, "bits_per_image": bits, "bpp": bits / pixels,
                          "top1": top1(features_from_uint8(bb, dec))})
             print(rows[-1], flush=True)
-    rate = json.loads((RESULTS / "rate_accuracy.json").read_text())["results"]
-    paths = {c["spec"]: c["path"] for c in shipped_codecs(bb.name)}
-    for r in best_per_budget(rate):
-        codec = load_codec(paths[r["codec"]])
+    for _, shipped in sorted(best_measured(bb.name).items()):
+        codec = load_codec(shipped["path"])
         with torch.inference_mode():
             z = codec.decode(codec.encode(float_feat))
-        rows.append({"method": r["codec"], "family": "semantic (best shipped codec per budget)", "bits_per_image": float(codec.bits),
+        rows.append({"method": codec.spec, "family": "semantic (best shipped codec per budget)", "bits_per_image": float(codec.bits),
                      "bpp": codec.bits / pixels, "top1": top1(z)})
         print(rows[-1], flush=True)
     # where does the smallest pixel file reach the semantic codec's accuracy?

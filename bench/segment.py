@@ -25,7 +25,7 @@ from semcomp.backbone import load_backbone  # noqa: E402
 from semcomp.codecs import load_codec  # noqa: E402
 from semcomp.data import SHARED_ASSETS, tiny_imagenet_classes, tiny_imagenet_split  # noqa: E402
 from semcomp.heads.segment import TextSegmenter  # noqa: E402
-from semcomp.zoo import best_per_budget, shipped_codecs  # noqa: E402
+from semcomp.zoo import best_measured  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -56,14 +56,12 @@ def main() -> None:
     n = min(a.n, len(val.images))
     names = [classes[int(y)]["name"] for y in val.labels[:n]]
     text = bb.encode_text([f"a photo of a {c}." for c in names])
-    rows = json.loads((RESULTS / "rate_accuracy.json").read_text())["results"]
-    best = {r["fixed_bits"]: r["codec"] for r in best_per_budget(rows)}
-    paths = {c["spec"]: c["path"] for c in shipped_codecs(a.backbone)}
+    best = best_measured(a.backbone)
     variants = {"float": (None, text)}
     for b in (int(x) for x in a.budgets.split(",")):
-        codec = load_codec(paths[best[b]])
+        codec = load_codec(best[b]["path"])
         with torch.inference_mode():
-            variants[f"{b} bits ({best[b]})"] = (b, codec.decode(codec.encode(text)))
+            variants[f"{b} bits ({codec.spec})"] = (b, codec.decode(codec.encode(text)))
     seg = TextSegmenter(bb)
     true = [boxes[k] for k in val.keys[:n]]
     mean_wh = np.mean([[t[2] - t[0] + 1, t[3] - t[1] + 1] for t in true], axis=0)

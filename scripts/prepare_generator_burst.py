@@ -16,7 +16,7 @@ import torch
 
 from semcomp.codecs import load_codec
 from semcomp.data import SHARED_ASSETS, load_features, tiny_imagenet_split
-from semcomp.zoo import best_per_budget, shipped_codecs
+from semcomp.zoo import best_measured
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,13 +38,11 @@ def main() -> None:
     arrays = {"float": x.numpy().astype(np.float16), "labels": fs.labels[: a.n],
               "text_features": fs.metadata["_extra"]["text_features"].astype(np.float16),
               "source_images": tiny_imagenet_split("val").images[:8]}
-    rows = json.loads((ROOT / "bench/results/rate_accuracy.json").read_text())["results"]
-    best = {r["fixed_bits"]: r["codec"] for r in best_per_budget(rows)}
-    paths = {c["spec"]: c["path"] for c in shipped_codecs("semcomp-tiny-clip")}
+    best = best_measured("semcomp-tiny-clip")
     chosen = {}
     for b in (int(v) for v in a.budgets.split(",")):
-        spec = best[b]
-        codec = load_codec(paths[spec])
+        spec = best[b]["spec"]
+        codec = load_codec(best[b]["path"])
         with torch.inference_mode():
             arrays[f"dec_{b}"] = codec.decode(codec.encode(x)).numpy().astype(np.float16)
         chosen[b] = spec

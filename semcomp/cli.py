@@ -202,10 +202,8 @@ def _open_image(path: str):
 
 
 def _shipped_codec(backbone: str, spec: str | None, bits: int | None):
-    import json as _json
-
     from .codecs import load_codec
-    from .zoo import best_per_budget, shipped_codecs
+    from .zoo import best_measured, shipped_codecs
 
     options = shipped_codecs(backbone)
     if not options:
@@ -215,12 +213,9 @@ def _shipped_codec(backbone: str, spec: str | None, bits: int | None):
             if c["spec"] == spec:
                 return load_codec(c["path"])
         raise CLIError(f"no shipped codec {spec!r}; shipped: {', '.join(c['spec'] for c in options)}")
-    rate = Path(__file__).resolve().parents[1] / "bench" / "results" / "rate_accuracy.json"
-    rows = _json.loads(rate.read_text())["results"] if rate.exists() else []
-    best = {r["fixed_bits"]: r["codec"] for r in best_per_budget(rows)}
     b = min({c["bits"] for c in options}, key=lambda x: abs(x - (bits or 256)))
-    pick = best.get(b) or next(c["spec"] for c in options if c["bits"] == b)
-    return load_codec(next(c["path"] for c in options if c["spec"] == pick))
+    pick = best_measured(backbone).get(b) or next(c for c in options if c["bits"] == b)
+    return load_codec(pick["path"])
 
 
 def cmd_send(a) -> None:

@@ -37,15 +37,9 @@ class EmbeddedClipConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "EmbeddedClipConfig":
-        d = dict(d)
-        for k in ("widths", "blocks"):
-            if k in d:
-                d[k] = tuple(d[k])
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown EmbeddedClipConfig fields {sorted(unknown)}; valid: {sorted(known)}")
-        return cls(**d)
+        from .weights import config_from_dict
+
+        return config_from_dict(cls, d, ("widths", "blocks"))
 
 
 class BasicBlock(nn.Module):

@@ -22,3 +22,16 @@ def read_verified_card(folder: str | Path, weights: str = "model.safetensors", e
     if verify and card.get("sha256") and file_sha256(w) != card["sha256"]:
         raise error(f"weights file {w} does not match the sha256 in its card (altered or truncated)")
     return card
+
+
+def config_from_dict(cls, d: dict, tuple_fields: tuple[str, ...] = ()):
+    """A config dataclass from its ``config.json``: JSON lists back to tuples, unknown keys refused by name."""
+    d = dict(d)
+    for k in tuple_fields:
+        if k in d:
+            d[k] = tuple(d[k])
+    known = set(cls.__dataclass_fields__)
+    unknown = set(d) - known
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {sorted(unknown)}; valid: {sorted(known)}")
+    return cls(**d)

@@ -29,3 +29,18 @@ def best_per_budget(rows: list[dict], bits_key: str = "fixed_bits", score_key: s
         if r[bits_key] not in best or r[score_key] > best[r[bits_key]][score_key]:
             best[r[bits_key]] = r
     return [best[b] for b in sorted(best)]
+
+
+RATE_RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results" / "rate_accuracy.json"
+
+
+def best_measured(backbone: str) -> dict[int, dict]:
+    """{bits: shipped codec row} — at each budget, the shipped codec with the best measured zero-shot top-1
+    (``bench/results/rate_accuracy.json``); empty where nothing was measured for this backbone."""
+    if not RATE_RESULTS.exists():
+        return {}
+    rep = json.loads(RATE_RESULTS.read_text())
+    if rep.get("backbone") != backbone:
+        return {}
+    shipped = {c["spec"]: c for c in shipped_codecs(backbone)}
+    return {r["fixed_bits"]: shipped[r["codec"]] for r in best_per_budget(rep["results"]) if r["codec"] in shipped}

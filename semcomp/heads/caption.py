@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..weights import file_sha256
+from ..weights import config_from_dict, file_sha256
 
 
 class CaptionError(ValueError):
@@ -45,10 +45,7 @@ class CaptionConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "CaptionConfig":
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown CaptionConfig fields {sorted(unknown)}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 
 class ClipCapModel(nn.Module):

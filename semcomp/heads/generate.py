@@ -14,7 +14,7 @@ Both refuse an embedding of the wrong width or from another backbone's space (``
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..weights import file_sha256, read_verified_card
+from ..weights import config_from_dict, file_sha256, read_verified_card
 
 
 class GeneratorError(ValueError):
@@ -43,18 +43,10 @@ class GeneratorConfig:
     prediction_type: str = "v_prediction"
     cond_drop: float = 0.1  # share of training steps with the "no embedding" condition (for guidance)
     backbone: str = "semcomp-tiny-clip"  # the embedding space the generator was trained in
-    image_mean: tuple[float, ...] = field(default=(0.5, 0.5, 0.5))  # pixels are scaled to [-1, 1]
 
     @classmethod
     def from_dict(cls, d: dict) -> "GeneratorConfig":
-        d = dict(d)
-        for k in ("block_out_channels", "attention_levels", "image_mean"):
-            if k in d:
-                d[k] = tuple(d[k])
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown GeneratorConfig fields {sorted(unknown)}")
-        return cls(**d)
+        return config_from_dict(cls, d, ("block_out_channels", "attention_levels"))
 
 
 class EmbeddingConditionedUNet(nn.Module):
