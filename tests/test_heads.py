@@ -58,13 +58,19 @@ def test_generator_is_deterministic_and_checks_its_input(tmp_path):
 
 
 def test_diffusion_loss_uses_the_condition():
+    import dataclasses
+
+    cfg = dataclasses.replace(TINY_GEN, cond_drop=0.0)
     torch.manual_seed(0)
-    gen = ImageGenerator.from_config(TINY_GEN)
+    gen = ImageGenerator.from_config(cfg)
     x = images_to_model(torch.zeros(2, 16, 16, 3, dtype=torch.uint8))
     assert x.min() == -1
-    sched = make_scheduler(TINY_GEN, "ddpm")
-    l1 = diffusion_loss(gen.model, sched, x, torch.randn(2, 8), generator=torch.Generator().manual_seed(0))
-    assert torch.isfinite(l1)
+    sched = make_scheduler(cfg, "ddpm")
+    loss = lambda e: diffusion_loss(gen.model, sched, x, e, generator=torch.Generator().manual_seed(0))  # noqa: E731
+    e = torch.randn(2, 8)
+    assert torch.isfinite(loss(e))
+    assert loss(e) == loss(e)  # same noise, same timesteps: only the embedding may change the loss
+    assert loss(e) != loss(-e)
 
 
 # ---------------------------------------------------------------- captioner
