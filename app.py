@@ -67,6 +67,9 @@ class Demo:
         # queue runs requests in parallel threads (found by bench/app_load.py).
         for kind in ("caption", "generate"):
             self.head(kind)
+        from semcomp.pixel.learned import shipped_pixel_codecs
+
+        self._loaded["pixel"] = shipped_pixel_codecs()
         gen_card = self._head_card("generate")
         self.default_guidance = float(gen_card.get("default_guidance", 3.0))
 
@@ -137,6 +140,32 @@ class Demo:
         a, b = cap.caption(torch_stack([original, decoded]))
         return a, b
 
+    def same_bytes(self, image, n_bytes: int):
+        """What the .scf file's bytes buy as pixels: the largest JPEG, and the largest learned-codec image, that fit."""
+        from semcomp.pixel import JPEG_LADDER, best_within
+
+        if "pixel" not in self._loaded:
+            from semcomp.pixel.learned import shipped_pixel_codecs
+
+            self._loaded["pixel"] = shipped_pixel_codecs()
+        lines = [f"**The same {n_bytes} bytes as pixels** (the whole `.scf` file, header and CRC included):"]
+        jpeg = best_within(JPEG_LADDER, image, n_bytes)
+        if jpeg is None:
+            smallest = best_within(JPEG_LADDER[-1:], image, 10**9, min_side=1, start_side=8)
+            lines.append(f"- JPEG: no JPEG fits — the smallest this image can have ({smallest['width']}×{smallest['height']} px, "
+                         f"q1) is **{smallest['bytes']} bytes** ({smallest['bytes'] / n_bytes:.0f}× the budget); shown instead.")
+            jpeg = smallest
+        else:
+            lines.append(f"- JPEG: {jpeg['width']}×{jpeg['height']} px at {jpeg['codec']}, {jpeg['bytes']} bytes.")
+        learned = best_within(self._loaded["pixel"], image, n_bytes, min_side=4) if self._loaded["pixel"] else None
+        if learned is None:
+            lines.append("- learned pixel codec: nothing fits (or none ships).")
+        else:
+            lines.append(f"- learned pixel codec (`{learned['codec']}`, trained here): {learned['width']}×{learned['height']} px, "
+                         f"{learned['bytes']} bytes.")
+        show = lambda r: _display(r["image"]) if r else None  # noqa: E731
+        return show(jpeg), show(learned), "\n".join(lines)
+
     def segment(self, image, command: str, codec):
         """The command's text feature, sent float and compressed; the best mask for each, drawn on the image."""
         from semcomp.heads.segment import overlay
@@ -195,8 +224,9 @@ class Demo:
         path.write_bytes(tx.blob)
         cap_o, cap_d = self.captions(tx.original, tx.decoded)
         seg_o, seg_d, seg_note = self.segment(image, command, codec)
+        px_jpeg, px_learned, px_note = self.same_bytes(image, len(tx.blob))
         return (stats, dict(zip(orig.labels, orig.probs)), dict(zip(dec.labels, dec.probs)), str(path),
-                self.plot(family, codec.bits, info), cap_o, cap_d, seg_o, seg_d, seg_note)
+                self.plot(family, codec.bits, info), cap_o, cap_d, seg_o, seg_d, seg_note, px_jpeg, px_learned, px_note)
 
     def generate(self, image, family, bits, coder, seed, steps, guidance, progress=None):
         """Images generated from the original and from the decoded feature (same seed: only the feature differs)."""
@@ -346,6 +376,13 @@ def build(demo: Demo):
                     gen_d = gr.Image(label="Generated image", interactive=False)
             seg_note = gr.Markdown()
             with gr.Row():
+                with gr.Column():
+                    px_note = gr.Markdown()
+                with gr.Column():
+                    px_jpeg = gr.Image(label="Same bytes as a JPEG", interactive=False)
+                with gr.Column():
+                    px_learned = gr.Image(label="Same bytes through a learned pixel codec", interactive=False)
+            with gr.Row():
                 seed = gr.Number(0, precision=0, label="Seed")
                 steps = gr.Slider(4, 50, value=20, step=1, label="Denoising steps")
                 guidance = gr.Slider(1.0, 8.0, value=demo.default_guidance, step=0.5, label="Guidance")
@@ -376,7 +413,8 @@ def build(demo: Demo):
 
         family.change(on_family, family, bits)
         go.click(demo.run, [image, family, bits, coder, label_set, custom, command],
-                 [stats, orig, dec, scf, plot, cap_o, cap_d, seg_o, seg_d, seg_note], api_name="transmit")
+                 [stats, orig, dec, scf, plot, cap_o, cap_d, seg_o, seg_d, seg_note, px_jpeg, px_learned, px_note],
+                 api_name="transmit")
         gen_btn.click(on_generate, [image, family, bits, coder, seed, steps, guidance], [gen_o, gen_d], api_name="generate",
                       concurrency_limit=1)
         rgo.click(demo.receive, [rfile, r_labels, r_custom, r_img, seed, steps, guidance], [r_info, r_lab, r_cap, r_gen],

@@ -9,7 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# ``python -m bench.all`` points every script at one dated report folder through this variable
+RESULTS = Path(os.environ.get("SEMCOMP_BENCH_OUT") or Path(__file__).resolve().parent / "results")
 
 
 def machine() -> dict:
@@ -22,8 +23,22 @@ def machine() -> dict:
 
     from semcomp.hardware import cpu_has_bf16
 
-    return {"cpu": cpu or platform.processor(), "cores": os.cpu_count(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "bf16_hw": cpu_has_bf16(), "python": platform.python_version()}
+    out = {"cpu": cpu or platform.processor(), "cores": os.cpu_count(), "torch": torch.__version__,
+           "torch_threads": torch.get_num_threads(), "bf16_hw": cpu_has_bf16(), "python": platform.python_version(),
+           "hostname": platform.node()}
+    try:
+        import faiss
+
+        out["faiss"] = faiss.__version__
+    except ImportError:
+        pass
+    try:
+        import numpy
+
+        out["numpy"] = numpy.__version__
+    except ImportError:
+        pass
+    return out
 
 
 def record(name: str, payload: dict) -> Path:

@@ -1,10 +1,13 @@
 """Why not send a tiny JPEG? Zero-shot accuracy vs bits per image: pixel codecs against semantic ones.
 
 On the Tiny-ImageNet val images of the 40 classes the codecs never trained on (2,000 images, 64x64), the
-embedded CLIP classifies (40-way, "a photo of a {name}.") the image decoded by JPEG/WebP at a quality sweep,
-and the feature decoded by the best shipped semantic codec at each budget. Bits: exact bytes x 8 (JPEG/WebP
-files with their headers; semantic: fixed-length symbol bits, no .scf header). Also PSNR/SSIM of the pixel
-codecs on the 24 Kodak images (rate–distortion, seed 002 Fig. 2 style).
+embedded CLIP classifies (40-way, "a photo of a {name}.") the image decoded by JPEG/WebP at a quality sweep
+and by the learned pixel codecs shipped under weights/pixel (CompressAI factorized prior at three lambdas,
+seed 002's attention pyramid at its two levels), and the feature decoded by the best shipped semantic codec at
+each budget. Bits: exact bytes x 8 (JPEG/WebP files with their headers; learned codecs: their payload with its
+3-byte header; semantic: fixed-length symbol bits, no .scf header). Also PSNR, SSIM and MS-SSIM of every pixel
+codec on the 24 Kodak images (rate–distortion, seed 002 Fig. 2 style), and a picture: what the receiver shows
+from a 256-bit semantic code next to the smallest JPEG and the smallest learned-codec image.
 
     python bench/pixel_vs_semantic.py
 """
@@ -25,10 +28,22 @@ from semcomp.backbone import features_from_uint8, load_backbone  # noqa: E402
 from semcomp.codecs import load_codec  # noqa: E402
 from semcomp.data import SHARED_ASSETS, tiny_imagenet_classes, tiny_imagenet_split  # noqa: E402
 from semcomp.pixel import PillowCodec  # noqa: E402
+from semcomp.pixel.learned import shipped_pixel_codecs  # noqa: E402
 from semcomp.splits import class_split  # noqa: E402
 from semcomp.zoo import best_measured  # noqa: E402
 
 QUALITIES = {"jpeg": [1, 5, 10, 20, 40, 75, 95], "webp": [0, 5, 10, 25, 50, 75, 95]}
+SEMANTIC = "semantic (best shipped codec per budget)"
+
+
+def family_of(codec) -> str:
+    if isinstance(codec, PillowCodec):
+        return codec.format
+    return "learned: seed 002 attention pyramid" if "pyramid" in codec.name else "learned: factorized prior (CompressAI)"
+
+
+def pixel_codecs():
+    return [PillowCodec(fmt, q) for fmt, qs in QUALITIES.items() for q in qs] + shipped_pixel_codecs()
 
 
 def main() -> None:
@@ -48,26 +63,24 @@ def main() -> None:
     pixels = np.prod(imgs.shape[1:3])
     float_feat = features_from_uint8(bb, imgs)
     rows = [{"method": "original image (float feature)", "family": "reference", "bits_per_image": None, "top1": top1(float_feat)}]
-    for fmt, qs in QUALITIES.items():
-        for q in qs:
-            codec = PillowCodec(fmt, q)
-            blobs = [codec.compress(im) for im in imgs]
-            dec = np.stack([codec.decompress(b) for b in blobs])
-            bits = 8 * float(np.mean([len(b) for b in blobs]))
-            rows.append({"method": codec.name, "family": fmt, "bits_per_image": bits, "bpp": bits / pixels,
-                         "top1": top1(features_from_uint8(bb, dec))})
-            print(rows[-1], flush=True)
+    for codec in pixel_codecs():
+        blobs = [codec.compress(im) for im in imgs]
+        dec = np.stack([codec.decompress(b) for b in blobs])
+        bits = 8 * float(np.mean([len(b) for b in blobs]))
+        rows.append({"method": codec.name, "family": family_of(codec), "bits_per_image": bits, "bpp": bits / pixels,
+                     "top1": top1(features_from_uint8(bb, dec))})
+        print(rows[-1], flush=True)
     for _, shipped in sorted(best_measured(bb.name).items()):
         codec = load_codec(shipped["path"])
         with torch.inference_mode():
             z = codec.decode(codec.encode(float_feat))
-        rows.append({"method": codec.spec, "family": "semantic (best shipped codec per budget)", "bits_per_image": float(codec.bits),
+        rows.append({"method": codec.spec, "family": SEMANTIC, "bits_per_image": float(codec.bits),
                      "bpp": codec.bits / pixels, "top1": top1(z)})
         print(rows[-1], flush=True)
     # where does the smallest pixel file reach the semantic codec's accuracy?
-    sem = [r for r in rows if r["family"].startswith("semantic")]
+    sem = [r for r in rows if r["family"] == SEMANTIC]
     crossing = {}
-    for fmt in QUALITIES:
+    for fmt in sorted({r["family"] for r in rows} - {SEMANTIC, "reference"}):
         pix = sorted([r for r in rows if r["family"] == fmt], key=lambda r: r["bits_per_image"])
         for s in sem:
             hit = next((p for p in pix if p["top1"] >= s["top1"]), None)
@@ -77,26 +90,33 @@ def main() -> None:
                                                  "ratio": hit["bits_per_image"] / s["bits_per_image"] if hit else None})
     # rate–distortion of the pixel codecs on Kodak
     from PIL import Image
+    from pytorch_msssim import ms_ssim
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
     kodak = [np.asarray(Image.open(p).convert("RGB")) for p in sorted((SHARED_ASSETS / "kodak").glob("*.jpg"))]
     rd = []
-    for fmt, qs in QUALITIES.items():
-        for q in qs:
-            codec = PillowCodec(fmt, q)
-            bpp, psnr, ssim = [], [], []
-            for im in kodak:
-                b = codec.compress(im)
-                d = codec.decompress(b)
-                bpp.append(8 * len(b) / (im.shape[0] * im.shape[1]))
-                psnr.append(peak_signal_noise_ratio(im, d, data_range=255))
-                ssim.append(structural_similarity(im, d, channel_axis=2, data_range=255))
-            rd.append({"method": codec.name, "bpp": float(np.mean(bpp)), "psnr": float(np.mean(psnr)), "ssim": float(np.mean(ssim))})
+    for codec in pixel_codecs():
+        bpp, psnr, ssim, msssim = [], [], [], []
+        for im in kodak:
+            b = codec.compress(im)
+            d = codec.decompress(b)
+            bpp.append(8 * len(b) / (im.shape[0] * im.shape[1]))
+            psnr.append(peak_signal_noise_ratio(im, d, data_range=255))
+            ssim.append(structural_similarity(im, d, channel_axis=2, data_range=255))
+            t = lambda a: torch.from_numpy(a).permute(2, 0, 1)[None].float()  # noqa: E731
+            msssim.append(float(ms_ssim(t(im), t(d), data_range=255)))
+        rd.append({"method": codec.name, "family": family_of(codec), "bpp": float(np.mean(bpp)), "psnr": float(np.mean(psnr)),
+                   "ssim": float(np.mean(ssim)), "ms_ssim": float(np.mean(msssim))})
+        print(rd[-1], flush=True)
     res = {"data": f"Tiny-ImageNet val, the {len(test_classes)} codec-unseen classes ({len(imgs)} images, 64x64), {len(test_classes)}-way zero-shot",
            "backbone": bb.name, "classification": rows, "crossings": crossing,
-           "kodak_rate_distortion": {"data": "24 Kodak images (shared/assets/kodak, stored as JPEG q95 4:4:4 — the reference is that file)", "rows": rd}}
+           "kodak_rate_distortion": {"data": "24 Kodak images (shared/assets/kodak, stored as JPEG q95 4:4:4 — the reference is that file)",
+                                      "metrics": "PSNR and SSIM (scikit-image), MS-SSIM (pytorch_msssim, 5 scales), RGB, data range 255",
+                                      "rows": rd}}
+    res["receiver_picture"] = picture(bb, kodak)
     record("pixel_vs_semantic", res)
     plot(rows)
+    plot_rd(rd)
     md = ["| method | bits / image | bpp | top-1 |", "|---|---:|---:|---:|"]
     for r in rows:
         b = r["bits_per_image"]
@@ -115,7 +135,9 @@ def plot(rows) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for fam, style in [("jpeg", "s-"), ("webp", "^-"), ("semantic (best shipped codec per budget)", "o-")]:
+    styles = {"jpeg": "s-", "webp": "^-", "learned: factorized prior (CompressAI)": "d-", "learned: seed 002 attention pyramid": "v-",
+              SEMANTIC: "o-"}
+    for fam, style in styles.items():
         rs = sorted([r for r in rows if r["family"] == fam], key=lambda r: r["bits_per_image"])
         ax.plot([r["bits_per_image"] for r in rs], [100 * r["top1"] for r in rs], style, label=fam, ms=4)
     ax.axhline(100 * rows[0]["top1"], ls="--", c="gray", label="original image")
@@ -126,6 +148,73 @@ def plot(rows) -> None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(RESULTS / "pixel_vs_semantic.png", dpi=120)
+
+
+def plot_rd(rd) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, label in ((axes[0], "psnr", "PSNR (dB)"), (axes[1], "ms_ssim", "MS-SSIM")):
+        for fam in dict.fromkeys(r["family"] for r in rd):
+            rs = sorted([r for r in rd if r["family"] == fam], key=lambda r: r["bpp"])
+            ax.plot([r["bpp"] for r in rs], [r[key] for r in rs], "o-", ms=3, label=fam)
+        ax.set_xlabel("bits per pixel (Kodak, 24 images)")
+        ax.set_ylabel(label)
+        ax.set_xlim(0, 2.5)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "pixel_vs_semantic_rd_kodak.png", dpi=120)
+
+
+def picture(bb, kodak, n: int = 4, bits: int = 256) -> dict:
+    """Original | smallest JPEG | smallest learned-codec image | what the receiver of a ``bits``-bit semantic
+    code shows (generated image + top label): seed 000's point, drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from semcomp.heads.zeroshot import ZeroShotClassifier
+    from semcomp.pixel import JPEG_LADDER, best_within
+    from semcomp.receiver import load_head
+
+    codec = load_codec(best_measured(bb.name)[bits]["path"])
+    gen = load_head("generate", bb.name)
+    names = [c["name"] for c in tiny_imagenet_classes()]
+    clf = ZeroShotClassifier.from_backbone(bb, names)
+    learned = shipped_pixel_codecs()
+    picks = kodak[:: max(1, len(kodak) // n)][:n]
+    fig, axes = plt.subplots(n, 4, figsize=(12, 2.6 * n))
+    info = []
+    for i, im in enumerate(picks):
+        pil = Image.fromarray(im)
+        z = bb.encode_images([pil])
+        with torch.inference_mode():
+            z_dec = codec.decode(codec.encode(z))
+        label = clf.predict(z_dec)[0].labels[0]
+        made = gen.generate(z_dec, steps=20, seed=0)[0]
+        jpeg = best_within(JPEG_LADDER[-1:], pil, 10**9, min_side=1, start_side=8)
+        small = min((best_within([c], pil, 10**9, min_side=4, start_side=16) for c in learned[-1:]), key=lambda r: r["bytes"]) if learned else None
+        panels = [(im, f"original {im.shape[1]}x{im.shape[0]}"),
+                  (jpeg["image"], f"smallest JPEG: {jpeg['bytes']} bytes ({jpeg['width']}x{jpeg['height']} px, q1)")]
+        if small:
+            panels.append((small["image"], f"learned codec: {small['bytes']} bytes ({small['width']}x{small['height']} px)"))
+        panels.append((made, f"{bits}-bit semantic ({bits // 8} bytes): generated; label '{label}'"))
+        for ax, (arr, title) in zip(axes[i], panels):
+            ax.imshow(arr)
+            ax.set_title(title, fontsize=7)
+            ax.axis("off")
+        for ax in axes[i][len(panels):]:
+            ax.axis("off")
+        info.append({"jpeg_bytes": jpeg["bytes"], "learned_bytes": small["bytes"] if small else None, "semantic_bits": bits, "label": label})
+    fig.tight_layout()
+    fig.savefig(RESULTS / "pixel_vs_semantic_kodak.png", dpi=100)
+    return {"codec": codec.spec, "images": info, "file": "pixel_vs_semantic_kodak.png"}
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from semcomp.data import SHARED_ASSETS, tiny_imagenet_classes, tiny_imagenet_spl
 from semcomp.heads.segment import TextSegmenter  # noqa: E402
 from semcomp.zoo import best_measured  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from common import RESULTS  # noqa: E402
 
 
 def iou(a, b) -> float:

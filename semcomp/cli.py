@@ -44,32 +44,32 @@ def _select(fs, split_name: str | None, part: str):
 
 # ----------------------------------------------------------------------------- extract
 def cmd_extract(a) -> None:
+    import os
+
     import torch
 
-    from .backbone import features_from_uint8, load_backbone
-    from .data import FeatureSet, save_features, tiny_imagenet_classes, tiny_imagenet_split
+    from .backbone import load_backbone
+    from .datasets import open_source
+    from .extract import extract
 
     out = Path(a.out)
     _check_out(out, a.force)
-    torch.set_num_threads(a.threads) if a.threads else None
-    bb = load_backbone(a.backbone)
-    if a.dataset == "tiny-imagenet":
-        arr = tiny_imagenet_split(a.split, source=a.source)
-        names = [c["name"] for c in tiny_imagenet_classes()]
-        if bb.tokenizer is None and bb.model.cfg.image_size == arr.images.shape[1]:
-            feats = features_from_uint8(bb, arr.images, a.batch_size)
-        else:
-            from PIL import Image
+    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    if world > 1:  # torchrun / accelerate launch: one process per rank, CPU (gloo) or GPU (nccl)
+        import torch.distributed as dist
 
-            feats = bb.encode_images((Image.fromarray(im) for im in arr.images), a.batch_size)
-        labels = arr.labels
-    else:
-        raise CLIError(f"unknown dataset {a.dataset!r}; choose 'tiny-imagenet'")
-    text = bb.encode_text([a.template.format(n) for n in names])
-    meta = {"backbone": bb.name, "dataset": a.dataset, "split": a.split, "class_names": names, "template": a.template,
-            "source": a.source or "shared shards"}
-    save_features(out, FeatureSet(feats.numpy(), labels, meta), extra={"text_features": text.numpy()})
-    logger.info("wrote %s: %s features", out, tuple(feats.shape))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    torch.set_num_threads(a.threads or max(1, (os.cpu_count() or 1) // world))
+    try:
+        bb = load_backbone(a.backbone)
+        src = open_source(a.dataset, a.split, a.source)
+        extract(bb, src, out, batch_size=a.batch_size, chunk_size=a.chunk_size, limit=a.limit, templates=a.template,
+                rank=rank, world=world, progress=not a.no_progress)
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
 
 
 # ----------------------------------------------------------------------------- train
@@ -321,6 +321,68 @@ def cmd_train_generator(a) -> None:
     logger.info("generator -> %s (%d steps, %.0f s)", out, hist["steps"], time.time() - t0)
 
 
+def cmd_train_pixel(a) -> None:
+    import time
+
+    import numpy as np
+    import torch
+
+    from .data import tiny_imagenet_split
+    from .pixel.learned import build_model, codecs_from_folder, save_pixel_model
+    from .splits import class_split
+    from .training.pixel import FactorizedLoss, PyramidLoss, evaluate_pixel_codec, train_pixel_codec
+
+    out = Path(a.out)
+    _check_out(out / "model.safetensors", a.force)
+    t0 = time.time()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    arr = tiny_imagenet_split("train", source=a.train_source)
+    keep = np.isin(arr.labels, class_split("tiny-imagenet")["train_classes"])  # the semantic codecs' training classes
+    images = torch.from_numpy(arr.images[keep])
+    lmbdas = [float(v) for v in a.lmbda.split(",")]
+    cfg = {"arch": a.arch, "N": a.N, "M": a.M}
+    if a.arch == "factorized-prior":
+        if len(lmbdas) != 1:
+            raise ValueError("the factorized prior takes one --lmbda")
+        model, loss_fn = build_model(cfg), FactorizedLoss(lmbdas[0])
+        cfg["lmbda"] = lmbdas[0]
+    else:
+        from .backbone import load_backbone
+        from .pixel.pyramid import frozen_tower_stem, perceptual_features
+
+        if len(lmbdas) != 2:
+            raise ValueError("the attention pyramid takes two --lmbda values, coarse level first")
+        bb = load_backbone(a.backbone)
+        tower = bb.model.visual
+        cfg.update({"tower": dict(vars(bb.model.cfg)), "tower_from": bb.name, "lmbda": lmbdas,
+                    "perceptual": [float(v) for v in a.perceptual.split(",")]})
+        model = build_model(cfg)
+        model.features.load_state_dict(frozen_tower_stem(tower, 1).state_dict())
+        loss_fn = PyramidLoss(tuple(lmbdas), tuple(cfg["perceptual"]), perceptual_net=perceptual_features(tower))
+    model, hist = train_pixel_codec(model, images, loss_fn, steps=a.steps, time_budget_s=a.seconds, batch_size=a.batch_size,
+                                    lr=a.lr, ckpt_path=Path(a.ckpt_dir) / f"{out.name}.pt", seed=a.seed)
+    card = {"kind": "pixel-codec", "name": out.name, "arch": a.arch,
+            "trained_on": f"Tiny-ImageNet train, the 160 codec-training classes ({len(images)} images, 64x64, flips)",
+            "steps": hist["steps"], "target_steps": a.steps, "batch": a.batch_size, "lr": a.lr, "seconds": round(hist["seconds"], 1),
+            "last_log": hist["log"][-1] if hist["log"] else None, "command": "semcomp " + " ".join(a.argv)}
+    save_pixel_model(model, cfg, out, card)
+    val = tiny_imagenet_split("val").images[:256]
+    card["val_256"] = {c.name: evaluate_pixel_codec(c, val) for c in codecs_from_folder(out)}
+    (out / "card.json").write_text(json.dumps({**json.loads((out / "card.json").read_text()), **card}, indent=2))
+    logger.info("pixel codec -> %s (%d steps, %.0f s): %s", out, hist["steps"], time.time() - t0, card["val_256"])
+
+
+def cmd_bench(a) -> None:
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "bench" / "all.py").exists():
+        raise CLIError("the benchmarks live in the repository's bench/ folder; run this from a git checkout of semcomp")
+    rc = subprocess.run([sys.executable, "-m", "bench.all", *a.bench_args], cwd=root).returncode
+    if rc:
+        raise CLIError(f"some benchmark steps failed (exit {rc}); see the report's REPORT.md")
+
+
 def cmd_convert_clipcap(a) -> None:
     from .heads.caption import convert_clipcap
 
@@ -337,11 +399,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("extract", help="images -> CLIP feature file (safetensors)")
     e.add_argument("--backbone", default="semcomp-tiny-clip")
-    e.add_argument("--dataset", default="tiny-imagenet")
-    e.add_argument("--split", default="val", choices=["train", "val"])
-    e.add_argument("--source", help="Tiny-ImageNet folder layout with all train images (default: shared shards)")
-    e.add_argument("--template", default="a photo of a {}.")
-    e.add_argument("--batch-size", type=int, default=500)
+    e.add_argument("--dataset", default="tiny-imagenet", choices=["tiny-imagenet", "imagenet", "cifar10", "cifar100", "stl10", "folder"])
+    e.add_argument("--split", default="val", choices=["train", "val"], help="val = the test split for CIFAR/STL")
+    e.add_argument("--source", help="dataset folder: Tiny-ImageNet or ImageNet folder layout, or a folder with labels.csv")
+    e.add_argument("--template", default="a photo of a {}.", help="class prompt, or 'openai' for the 80-prompt ensemble")
+    e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("--chunk-size", type=int, default=5000, help="images per resumable part file")
+    e.add_argument("--limit", type=int, help="only the first N images")
+    e.add_argument("--stream", action="store_true", help="(always streaming now; kept for old scripts)")
+    e.add_argument("--no-progress", action="store_true")
     e.add_argument("--threads", type=int)
     e.add_argument("--out", required=True)
     e.add_argument("--force", action="store_true")
@@ -429,6 +495,28 @@ def build_parser() -> argparse.ArgumentParser:
     tg.add_argument("--seed", type=int, default=0)
     tg.add_argument("--force", action="store_true")
     tg.set_defaults(func=cmd_train_generator)
+
+    tp = sub.add_parser("train-pixel", help="train a learned pixel codec (CompressAI factorized prior or seed 002's attention pyramid)")
+    tp.add_argument("--arch", choices=["factorized-prior", "attention-pyramid"], default="factorized-prior")
+    tp.add_argument("--out", required=True)
+    tp.add_argument("--lmbda", default="0.004", help="rate-distortion weight; the pyramid takes two, coarse level first (e.g. 0.002,0.01)")
+    tp.add_argument("--perceptual", default="0.5,1.0", help="pyramid only: perceptual weight per level")
+    tp.add_argument("--N", type=int, default=64)
+    tp.add_argument("--M", type=int, default=64)
+    tp.add_argument("--backbone", default="semcomp-tiny-clip", help="pyramid only: the frozen image tower it builds on")
+    tp.add_argument("--train-source", help="Tiny-ImageNet folder layout with all 500 train images per class (default: shared shards)")
+    tp.add_argument("--steps", type=int, default=5000)
+    tp.add_argument("--seconds", type=float, help="stop after this wall time (resumable: run again to continue)")
+    tp.add_argument("--batch-size", type=int, default=16)
+    tp.add_argument("--lr", type=float, default=5e-4)
+    tp.add_argument("--ckpt-dir", default=str(Path.home() / ".cache" / "semcomp" / "pixel-ckpt"))
+    tp.add_argument("--seed", type=int, default=0)
+    tp.add_argument("--force", action="store_true")
+    tp.set_defaults(func=cmd_train_pixel)
+
+    be = sub.add_parser("bench", help="every benchmark into bench/results/<date>-<machine>/ (python -m bench.all)")
+    be.add_argument("bench_args", nargs=argparse.REMAINDER, help="passed to bench.all, e.g. --quick or --only scale")
+    be.set_defaults(func=cmd_bench)
 
     cc = sub.add_parser("convert-clipcap", help="public ClipCap checkpoint (.pt, MLP) -> safetensors captioner folder")
     cc.add_argument("checkpoint")

@@ -72,6 +72,7 @@ class ImageTower(nn.Module):
                 layers.append(BasicBlock(cin, w, 2 if (j == 0 and i > 0) else 1))
                 cin = w
         self.stages = nn.Sequential(*layers)
+        self.cfg_blocks = tuple(cfg.blocks)  # blocks per stage, so callers can cut the tower at a stage
         self.proj = nn.Linear(cin, cfg.embed_dim)
 
     def forward(self, x):  # (B, 3, H, W) -> (B, E)

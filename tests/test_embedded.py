@@ -104,8 +104,11 @@ def test_app_transmits_an_example_end_to_end():
     spec.loader.exec_module(app)
     demo = app.Demo("semcomp-tiny-clip")
     assert "pqvae" in demo.families() and len(demo.budgets("pqvae")) >= 3
-    stats, orig, dec, scf, fig, cap_o, cap_d, seg_o, seg_d, note = demo.run(
+    stats, orig, dec, scf, fig, cap_o, cap_d, seg_o, seg_d, note, px_jpeg, px_learned, px_note = demo.run(
         Image.open(EXAMPLES[0]), "pqvae", 130, "auto", "Tiny-ImageNet-200", "", "the fish")
+    # a ~40-byte .scf buys no JPEG at all: the app says so and shows the smallest JPEG there is
+    assert "no JPEG fits" in px_note and px_jpeg is not None
+    assert ("learned pixel codec (`" in px_note) == (px_learned is not None)
     assert "cosine(original, decoded)" in stats and len(orig) == 5 and len(dec) == 5
     assert Path(scf).read_bytes()[:4] == b"SCF\x89"
     assert isinstance(cap_o, str) and cap_o and isinstance(cap_d, str) and cap_d
@@ -149,7 +152,7 @@ def test_app_takes_awkward_images_and_commands(tmp_path):
     with pytest.raises(ValueError):
         app.prepare_image(np.zeros((0,)))
     demo = app.Demo("semcomp-tiny-clip")
-    *_, seg_o, seg_d, note = demo.run(base.convert("CMYK"), "fsq", 64, "auto", "Tiny-ImageNet-200", "", "x" * 10000)
+    seg_o, seg_d, note = demo.run(base.convert("CMYK"), "fsq", 64, "auto", "Tiny-ImageNet-200", "", "x" * 10000)[7:10]
     assert seg_o is None and "characters" in note
     big = tmp_path / "big.scf"
     big.write_bytes(b"SCF\x89" + bytes(2 << 20))

@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from .. import bitstream
 from ..entropy import CODER_IDS, EntropyCoder, EntropyCodingError, SymbolModel, coder_name, count_symbols
 
+CHUNK = 8192  # feature rows per encode/decode pass
+
 
 class CodecError(ValueError):
     """Wrong input for a codec (dimension, dtype, symbols out of range) or a bad codec file."""
@@ -133,7 +135,9 @@ class Codec(nn.Module):
         was = self.training
         self.eval()
         try:
-            return self._encode(self.check_features(x)).long()
+            x = self.check_features(x)
+            # in chunks: activation memory stays bounded however many features come in (bench/scale.py)
+            return torch.cat([self._encode(c).long() for c in x.split(CHUNK)]) if len(x) else self._encode(x).long()
         finally:
             self.train(was)
 
@@ -143,7 +147,9 @@ class Codec(nn.Module):
         was = self.training
         self.eval()
         try:
-            return F.normalize(self._decode(self.check_symbols(symbols)).float(), dim=-1)
+            s = self.check_symbols(symbols)
+            return torch.cat([F.normalize(self._decode(c).float(), dim=-1) for c in s.split(CHUNK)]) if len(s) else \
+                F.normalize(self._decode(s).float(), dim=-1)
         finally:
             self.train(was)
 

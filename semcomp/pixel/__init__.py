@@ -1,49 +1,22 @@
 """Pixel codecs beside the semantic ones: what the same bits buy when you send the image itself.
 
-``PillowCodec("jpeg", q)`` / ``PillowCodec("webp", q)`` wrap Pillow's encoders (libjpeg / libwebp): the field's
-own implementations, exact byte counts. Learned pixel codecs (CompressAI's factorized prior, seed 002's
-variable-rate codec) are not built yet.
+* ``PillowCodec("jpeg", q)`` / ``PillowCodec("webp", q)``: Pillow's libjpeg / libwebp, exact byte counts.
+* ``LearnedPixelCodec``: CompressAI models trained here — the ``bmshj2018-factorized`` architecture and seed
+  002's variable-rate attention-pyramid codec (``semcomp.pixel.pyramid``) — with CompressAI's rANS.
+* ``best_within``: the most pixels a codec ladder fits into a byte budget (the app's "what the same bytes buy").
+
+Every codec: ``compress(image) -> bytes`` and ``decompress(bytes) -> (H, W, 3) uint8``; bad data raises
+``PixelCodecError``.
 """
-from __future__ import annotations
+from .budget import JPEG_LADDER, best_within
+from .pillow import PillowCodec, PixelCodecError
 
-import io
-from dataclasses import dataclass
-
-import numpy as np
-from PIL import Image
+__all__ = ["PillowCodec", "PixelCodecError", "JPEG_LADDER", "best_within", "LearnedPixelCodec", "codecs_from_folder", "load_pixel_model"]
 
 
-class PixelCodecError(ValueError):
-    pass
+def __getattr__(name):  # CompressAI is imported only when a learned codec is asked for
+    if name in ("LearnedPixelCodec", "codecs_from_folder", "load_pixel_model", "save_pixel_model"):
+        from . import learned
 
-
-@dataclass(frozen=True)
-class PillowCodec:
-    format: str  # "jpeg" or "webp"
-    quality: int
-
-    def __post_init__(self):
-        if self.format not in ("jpeg", "webp"):
-            raise PixelCodecError(f"unknown pixel codec {self.format!r}; choose jpeg or webp")
-        if not 0 <= self.quality <= 100:
-            raise PixelCodecError("quality must be in 0..100")
-
-    @property
-    def name(self) -> str:
-        return f"{self.format}-q{self.quality}"
-
-    def compress(self, image) -> bytes:
-        im = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image))
-        buf = io.BytesIO()
-        if self.format == "jpeg":
-            im.convert("RGB").save(buf, format="JPEG", quality=max(1, self.quality), optimize=True)
-        else:
-            im.convert("RGB").save(buf, format="WEBP", quality=self.quality, method=6)
-        return buf.getvalue()
-
-    def decompress(self, data: bytes) -> np.ndarray:
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                return np.asarray(im.convert("RGB"))
-        except Exception as e:  # Pillow raises several types on bad data
-            raise PixelCodecError(f"cannot decode {self.format} data: {e}") from e
+        return getattr(learned, name)
+    raise AttributeError(name)
