@@ -1,7 +1,10 @@
 """Codec throughput on CPU: encode (+ entropy coding) and decode, features/s, at 64/256/600 bits.
 
-Untrained codecs of the shipped architectures are timed (speed does not depend on the weights; the
-entropy tables are fitted on the same synthetic features so ANS/Huffman work on realistic skews).
+The shipped codecs (weights/codecs/<backbone>/) on the first ``--batch`` Tiny-ImageNet val features of the
+embedded backbone when the feature file is there; otherwise untrained codecs of the same architectures on
+random unit vectors (speed does not depend on the weights). Encode is timed in fp32 and, on CPUs with
+AVX512-BF16/AMX, with the encoder under bf16 autocast (``encode(precision="bf16")``), with the share of symbols
+that match fp32. FAISS ProductQuantizer at the nearest budgets, same vectors, same threads.
     python bench/codec_speed.py --threads 1
 """
 from __future__ import annotations
@@ -16,7 +19,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import record  # noqa: E402
-from semcomp.codecs import create_codec  # noqa: E402
+from semcomp.codecs import create_codec, load_codec  # noqa: E402
+from semcomp.hardware import cpu_has_bf16  # noqa: E402
+
+FEATURES = Path.home() / ".cache" / "semcomp" / "features" / "tin-val.safetensors"
+SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "codecs" / "semcomp-tiny-clip"
 
 SPECS = {64: ["pqvae-n16d8k16", "aesq-c32l4", "fsq-c32l4"], 256: ["pqvae-n64d8k16", "aesq-c128l4"],
          600: ["pqvae-n200d16k8", "pqvae-n50d64k4096", "aesq-c200l8"]}
@@ -67,16 +74,29 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    x = F.normalize(torch.randn(a.batch, a.dim), dim=-1)
+    real = FEATURES.exists() and a.dim == 512
+    if real:
+        from semcomp.data import load_features
+
+        x = torch.from_numpy(load_features(FEATURES).features[: a.batch])
+    else:
+        x = F.normalize(torch.randn(a.batch, a.dim), dim=-1)
     rows = []
     for bits, specs in SPECS.items():
         for spec in specs:
-            c = create_codec(spec, a.dim)
-            c.eval()
-            c.fit_entropy_model(x)
+            shipped = real and (SHIPPED / spec / "model.safetensors").exists()
+            if shipped:
+                c = load_codec(SHIPPED / spec)
+            else:
+                c = create_codec(spec, a.dim)
+                c.eval()
+                c.fit_entropy_model(x)
             s = c.encode(x)
-            row = {"spec": spec, "bits": c.bits, "batch": a.batch}
+            row = {"spec": spec, "bits": c.bits, "batch": a.batch, "weights": "shipped" if shipped else "untrained"}
             row["encode_symbols_per_s"] = a.batch / timeit(lambda: c.encode(x))
+            if cpu_has_bf16():
+                row["encode_bf16_symbols_per_s"] = a.batch / timeit(lambda: c.encode(x, precision="bf16"))
+                row["bf16_symbols_equal_to_fp32"] = float((c.encode(x, precision="bf16") == s).float().mean())
             row["decode_symbols_per_s"] = a.batch / timeit(lambda: c.decode(s))
             for coder in ("raw", "ans"):
                 row[f"encode+{coder}_per_s"] = a.batch / timeit(lambda: c.compress(x, coder))
@@ -95,6 +115,7 @@ def main():
             lat.sort()
             row["single_item_roundtrip_ms_p50"] = 1e3 * lat[100]
             row["single_item_roundtrip_ms_p99"] = 1e3 * lat[197]
+            row["batch1_roundtrip_per_s"] = 1e3 / row["single_item_roundtrip_ms_p50"]
             rows.append(row)
             print({k: (round(v) if isinstance(v, float) and v > 10 else v) for k, v in row.items()}, flush=True)
     faiss_rows = faiss_pq_rows(x, a.threads)
@@ -102,10 +123,13 @@ def main():
         f = min(faiss_rows, key=lambda fr: abs(fr["bits"] - r["bits"]))
         r["vs_faiss_pq"] = {"faiss": f["spec"], "encode_ratio": r["encode_symbols_per_s"] / f["encode_per_s"],
                             "decode_ratio": r["decode_symbols_per_s"] / f["decode_per_s"]}
-    path = record(f"codec_speed_{a.threads}thread", {"dim": a.dim, "threads": a.threads, "results": rows, "faiss_pq": faiss_rows,
-                  "note": "untrained codecs of the shipped architectures on random unit vectors; speed only. FAISS "
-                          "ProductQuantizer trained on the same vectors; 600 bits is not expressible for d=512 with "
-                          "8-bit PQ, so 512 bits (M=64) stands in"})
+        if "encode_bf16_symbols_per_s" in r:
+            r["vs_faiss_pq"]["encode_bf16_ratio"] = r["encode_bf16_symbols_per_s"] / f["encode_per_s"]
+    data = f"first {len(x)} Tiny-ImageNet val features ({FEATURES.name})" if real else "random unit vectors"
+    path = record(f"codec_speed_{a.threads}thread", {"dim": a.dim, "threads": a.threads, "data": data, "results": rows, "faiss_pq": faiss_rows,
+                  "note": "shipped codecs where they exist, else untrained codecs of the same architecture (speed "
+                          "does not depend on the weights). FAISS ProductQuantizer trained on the same vectors; 600 bits "
+                          "is not expressible for d=512 with 8-bit PQ, so 512 bits (M=64) stands in"})
     print("wrote", path)
 
 

@@ -56,13 +56,13 @@ def write_markdown(rep: dict) -> None:
         f"Embedding spread on these images: mean pairwise cosine {sp['mean_pairwise_cosine']:.3f}, "
         f"{sp['pca_dirs_90pct_var']} principal directions hold 90 % of the variance.",
         "",
-        "| codec | fixed bits | empirical entropy bits | ANS bits | Huffman bits | mean cosine | top-1 % | top-5 % | top-1 kept | top-1 %, text compressed too | codebook use |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| codec | fixed bits | empirical entropy bits | ANS bits | Huffman bits | mean cosine | top-1 % | top-5 % | top-1 kept | top-1 %, text compressed too | text-feature cosine | codebook use |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(f"| `{r['codec']}` | {r['fixed_bits']} | {r['empirical_entropy_bits']:.1f} | {r['ans_bits_per_item']:.1f} | {r.get('huffman_bits_per_item', float('nan')):.1f} | "
                      f"{r['mean_cosine']:.4f} | {100 * r['top1']:.1f} | {100 * r['top5']:.1f} | {100 * r['top1_retained']:.0f} % | "
-                     f"{100 * r.get('top1_text_compressed_too', float('nan')):.1f} | "
+                     f"{100 * r.get('top1_text_compressed_too', float('nan')):.1f} | {r.get('text_mean_cosine', float('nan')):.3f} | "
                      f"{100 * r['codebook_utilisation']:.0f} % |")
     lines += ["", f"Command: `{rep['command']}` on {rep['machine']['cpu']} ({rep['date']}, commit {rep['git_commit']})."]
     (RESULTS / "rate_accuracy.md").write_text("\n".join(lines) + "\n")

@@ -146,7 +146,7 @@ def cmd_encode(a) -> None:
     _check_out(out, a.force)
     codec = load_codec(a.codec)
     fs = load_features(a.features)
-    blob = codec.compress(fs.features, a.coder)
+    blob = codec.compress(fs.features, a.coder, a.precision)
     _atomic_write(out, blob)
     logger.info("%d features -> %d bytes (%.1f bits/feature; fixed %d)", len(fs.features), len(blob), 8 * len(blob) / len(fs.features), codec.bits)
 
@@ -179,6 +179,15 @@ def cmd_train_caption(a) -> None:
     out = Path(a.out)
     _check_out(out / "model.safetensors", a.force)
     ckpt = Path(a.ckpt_dir) / out.name
+    if a.pairs:  # the user's own captioned images (COCO layout or CSV)
+        from .training.caption_pairs import caption_pairs, train_pairs_captioner
+
+        card = train_pairs_captioner(out, caption_pairs(a.pairs, a.images), backbone_name=a.backbone,
+                                     through_codec=a.through_codec, decoded_p=a.decoded_p, epochs=a.epochs, ckpt_dir=ckpt, seed=a.seed)
+        card["command"] = "semcomp " + " ".join(a.argv)
+        (out / "metrics.json").write_text(json.dumps(card, indent=2))
+        logger.info("captioner -> %s: %s", out, json.dumps(card.get("eval", {}))[:400])
+        return
     card = train_embedded_captioner(out, backbone_name=a.backbone, train_features=a.train_features, val_features=a.val_features,
                                     ckpt_dir=ckpt, noise_std=a.noise, text_epochs=a.text_epochs, image_epochs=a.image_epochs,
                                     decoded_codecs=a.decoded_codecs, alt_p=a.decoded_p, eval_n=a.eval_n,
@@ -258,13 +267,24 @@ def cmd_receive(a) -> None:
             item["labels"] = [f"{l} ({p:.3f})" for l, p in zip(r.labels, r.probs)]
         out["items"].append(item)
     if a.generate:
-        gen = load_head("generate", codec.backbone)
-        if gen is None:
-            raise CLIError(f"no shipped generator for backbone {codec.backbone!r}")
-        imgs = gen.generate(feats, steps=a.steps, guidance=a.guidance, seed=a.seed)
+        kind, _, name = a.generator.partition(":")
+        if kind == "embedded":
+            gen = load_head("generate", codec.backbone)
+            if gen is None:
+                raise CLIError(f"no shipped generator for backbone {codec.backbone!r}")
+            imgs = [Image.fromarray(im).resize((256, 256), Image.BICUBIC)
+                    for im in gen.generate(feats, steps=a.steps, guidance=a.guidance, seed=a.seed, backbone=codec.backbone)]
+        elif kind in ("stable-unclip", "karlo"):  # real models, downloaded on first use (ViT-L/14 embeddings)
+            from .heads.generate import KarloGenerator, StableUnCLIPGenerator
+
+            cls = StableUnCLIPGenerator if kind == "stable-unclip" else KarloGenerator
+            gen = cls.from_pretrained(name or cls.DEFAULT)
+            imgs = gen.generate(feats, steps=a.steps, seed=a.seed)
+        else:
+            raise CLIError(f"unknown generator {a.generator!r}; choose embedded, stable-unclip[:NAME] or karlo[:NAME]")
         for i, im in enumerate(imgs):
             p = Path(a.generate if len(imgs) == 1 else f"{Path(a.generate).with_suffix('')}_{i}.png")
-            Image.fromarray(im).resize((256, 256), Image.BICUBIC).save(p)
+            im.save(p)
             out["items"][i]["generated"] = str(p)
     print(json.dumps(out, indent=2))
 
@@ -282,7 +302,8 @@ def cmd_segment(a) -> None:
     image = _open_image(a.image)
     blob = codec.compress(bb.encode_text([a.command]), "auto")  # the command travels compressed too
     command = codec.decompress(blob)[0]
-    seg = TextSegmenter(bb, "sam+superpixels+boxes" if a.sam_checkpoint else "superpixels+boxes", a.sam_checkpoint)
+    seg = TextSegmenter(bb, "sam+superpixels+boxes" if a.sam_checkpoint else "superpixels+boxes", a.sam_checkpoint,
+                        sam_kwargs={"model_type": a.sam_type} if a.sam_checkpoint else None)
     r = seg.segment(image, command)
     Image.fromarray(overlay(image, r)).save(out)
     print(json.dumps({"command": a.command, "command_bytes": len(blob), "codec": codec.spec, "score": float(r.scores[0]),
@@ -439,6 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--codec", required=True)
     en.add_argument("--features", required=True)
     en.add_argument("--coder", default="ans", choices=["raw", "huffman", "ans"])
+    en.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                    help="bf16: encoder under bf16 autocast, ~2x faster on AVX512-BF16/AMX CPUs (same bitstream format)")
     en.add_argument("--out", required=True)
     en.add_argument("--force", action="store_true")
     en.set_defaults(func=cmd_encode)
@@ -471,6 +494,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--stages", nargs="*", default=["text", "image"], choices=["text", "image"],
                    help="training stages to run (none: only evaluate --init-from)")
     c.add_argument("--init-from", help="start from this training checkpoint (e.g. another run's caption-text.pt)")
+    c.add_argument("--pairs", help="your captioned images instead of the embedded recipe: a COCO captions JSON or a CSV image,caption")
+    c.add_argument("--images", help="with --pairs: the image folder (COCO: required; CSV: default its folder)")
+    c.add_argument("--through-codec", help="with --pairs: also train on features decoded by this shipped codec")
+    c.add_argument("--epochs", type=float, default=5.0, help="with --pairs: passes over the pairs")
     c.add_argument("--noise", type=float, default=0.04, help="CapDec noise std per dimension on text embeddings")
     c.add_argument("--text-epochs", type=float, default=3.0)
     c.add_argument("--image-epochs", type=float, default=1.0)
@@ -545,6 +572,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--labels", help="comma-separated labels (default: Tiny-ImageNet-200)")
     r.add_argument("--beam", type=int, default=1)
     r.add_argument("--generate", help="write the generated image here (.png)")
+    r.add_argument("--generator", default="embedded",
+                   help="embedded (shipped, offline), stable-unclip[:HF_NAME] or karlo[:HF_NAME] (real models: need a download "
+                        "and ViT-L/14 features)")
     r.add_argument("--steps", type=int, default=20)
     r.add_argument("--guidance", type=float, default=3.0)
     r.add_argument("--seed", type=int, default=0)
@@ -556,7 +586,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backbone", default="semcomp-tiny-clip")
     g.add_argument("--codec")
     g.add_argument("--bits", type=int, default=256)
-    g.add_argument("--sam-checkpoint", help="segment-anything checkpoint (vit_b) for SAM mask proposals")
+    g.add_argument("--sam-checkpoint", help="segment-anything checkpoint for SAM mask proposals (needs a download)")
+    g.add_argument("--sam-type", default="vit_b", choices=["vit_b", "vit_l", "vit_h", "vit_t"],
+                   help="the checkpoint's model; vit_t = MobileSAM (pip install git+https://github.com/ChaoningZhang/MobileSAM)")
     g.add_argument("--out", required=True)
     g.add_argument("--force", action="store_true")
     g.set_defaults(func=cmd_segment)

@@ -56,6 +56,9 @@ def evaluate_codec(codec: Codec, feats: np.ndarray, labels: np.ndarray | None = 
                     "top1_retained": d["top1"] / f["top1"] if f["top1"] > 0 else float("nan")})
         if classifier.dim == codec.dim:
             # The seed sends the user's text through the same codec: class text features compressed too.
-            both = ZeroShotClassifier(codec.reconstruct(classifier.text_features), classifier.class_names, classifier.logit_scale)
+            t_hat = codec.reconstruct(classifier.text_features)
+            both = ZeroShotClassifier(t_hat, classifier.class_names, classifier.logit_scale)
             out["top1_text_compressed_too"] = both.accuracy(x_hat, labels)["top1"]
+            # how much text features suffer under a codec trained on image features only
+            out["text_mean_cosine"] = float(F.cosine_similarity(classifier.text_features, t_hat, dim=-1).mean())
     return out

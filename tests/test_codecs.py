@@ -134,3 +134,19 @@ def test_property_symbols_round_trip_and_bits_add_up(spec, synthetic):
         assert (codec.encode(xb[:1]).numpy() == sym[:1]).all()  # batch and single item agree
 
     check()
+
+
+def test_bf16_encode_same_format_nearly_same_symbols(synthetic):
+    from semcomp.codecs import CodecError, create_codec
+
+    x, _, _ = synthetic
+    torch.manual_seed(0)
+    c = create_codec("pqvae-n4d4k8", x.shape[1], hidden=48).eval()
+    c.fit_entropy_model(x)
+    s32, s16 = c.encode(x), c.encode(x, precision="bf16")
+    assert s16.shape == s32.shape and s16.dtype == s32.dtype
+    assert (s16 == s32).float().mean() > 0.9  # near-ties may flip, nothing more
+    blob = c.compress(x[:5], "ans", precision="bf16")
+    assert torch.equal(c.decompress(blob), c.decode(c.encode(x[:5], "bf16")))
+    with pytest.raises(CodecError, match="precision"):
+        c.encode(x, precision="fp8")

@@ -256,3 +256,79 @@ def test_stable_unclip_path_takes_the_decoded_embedding(tmp_path):
     assert not np.array_equal(np.asarray(a[0]), np.asarray(c[0]))  # the embedding reaches the image
     with pytest.raises(GeneratorError, match="32-d"):
         gen.generate(torch.randn(1, 31), steps=1)
+
+
+def test_train_caption_on_a_users_csv_and_coco_pairs(tmp_path):
+    """The user's own captioned images (CSV and COCO layouts), trained through a shipped codec, lowers the loss."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from semcomp.data import DataError
+    from semcomp.training.caption_pairs import caption_pairs, train_pairs_captioner
+
+    rng = np.random.default_rng(0)
+    rows, coco = ["image,caption"], {"images": [], "annotations": []}
+    for i in range(12):
+        colour = (255, 40, 40) if i % 2 else (40, 40, 255)
+        img = np.clip(np.array(colour)[None, None] + rng.normal(0, 10, (48, 48, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(tmp_path / f"{i}.png")
+        cap = "a red square." if i % 2 else "a blue square."
+        rows.append(f"{i}.png,{cap}")
+        coco["images"].append({"id": i, "file_name": f"{i}.png"})
+        coco["annotations"].append({"image_id": i, "caption": cap})
+    (tmp_path / "caps.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "caps.json").write_text(json.dumps(coco))
+    pairs = caption_pairs(tmp_path / "caps.csv")
+    assert pairs == caption_pairs(tmp_path / "caps.json", tmp_path)
+    with pytest.raises(DataError, match="--images"):
+        caption_pairs(tmp_path / "caps.json")
+    (tmp_path / "bad.csv").write_text("file,text\n")
+    with pytest.raises(DataError, match="'image' and 'caption'"):
+        caption_pairs(tmp_path / "bad.csv")
+    card = train_pairs_captioner(tmp_path / "cap", pairs, through_codec="pqvae-n16d8k16", epochs=60, batch_size=8, lr=2e-3,
+                                 cfg_overrides={"n_embd": 32, "n_layer": 1, "n_head": 2, "prefix_length": 2, "mapping_hidden": 64},
+                                 holdout=0.2)
+    assert card["final_loss"] < 0.6 * card["first_loss"] and card["data"]["held_out_images"] == 2
+    assert "token_f1_decoded_vs_float (pqvae-n16d8k16)" in card["eval"]
+    from semcomp.heads.caption import Captioner
+
+    assert Captioner.from_pretrained(tmp_path / "cap").cfg.embed_dim == 512
+
+
+def test_karlo_gets_the_decoded_embedding_scaled(monkeypatch):
+    """Karlo's pipeline is a download; a stand-in records what our wrapper hands it."""
+    import torch
+
+    from semcomp.heads.generate import GeneratorError, KarloGenerator
+
+    seen = {}
+
+    class Pipe:
+        dtype = torch.float32
+
+        def __call__(self, **kw):
+            seen.update(kw)
+            return type("Out", (), {"images": ["img"] * len(kw["image_embeddings"])})()
+
+    gen = KarloGenerator(Pipe(), embed_dim=8, input_scale=3.0)
+    e = torch.randn(2, 8)
+    steps = []
+    assert gen.generate(e, steps=5, seed=1, callback=lambda i, n: steps.append((i, n))) == ["img", "img"]
+    assert torch.allclose(seen["image_embeddings"], 3.0 * torch.nn.functional.normalize(e, dim=-1))
+    assert seen["decoder_num_inference_steps"] == 5 and steps == [(5, 5)]
+    with pytest.raises(GeneratorError, match="768|8-d"):
+        gen.generate(torch.randn(1, 4))
+
+
+def test_sam_types_and_mobilesam_without_its_package():
+    from semcomp.heads.segment import SegmentError, sam_mask_generator
+
+    with pytest.raises(SegmentError, match="unknown SAM model type"):
+        sam_mask_generator("x.pth", model_type="vit_x")
+    try:
+        import mobile_sam  # noqa: F401
+    except ImportError:
+        with pytest.raises(SegmentError, match="MobileSAM"):
+            sam_mask_generator("x.pth", model_type="vit_t")

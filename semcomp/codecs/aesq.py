@@ -33,8 +33,8 @@ class AutoencoderScalarQuantizer(Codec):
     def alphabet(self):
         return self.params["l"]
 
-    def _latent(self, x):
-        return 0.5 * torch.tanh(self.encoder(x))  # (N, C)
+    def _latent(self, x, bf16: bool = False):
+        return 0.5 * torch.tanh(self._encoder(x, bf16))  # (N, C)
 
     def _nearest(self, z):
         return (z[:, :, None] - self.points[None]).abs().argmin(-1)  # (N, C)
@@ -49,8 +49,8 @@ class AutoencoderScalarQuantizer(Codec):
         q_st = z + (q - z).detach()
         return self.decoder(q_st), loss
 
-    def _encode(self, x):
-        return self._nearest(self._latent(x))
+    def _encode(self, x, bf16=False):
+        return self._nearest(self._latent(x, bf16))
 
     def _decode(self, s):
         return self.decoder(self._points_of(s))

@@ -45,8 +45,8 @@ class FSQCodec(Codec):
         q = z + (torch.round(z) - z).detach()  # straight-through
         return self.decoder(q / self.half), torch.zeros((), device=x.device)
 
-    def _encode(self, x):
-        q = torch.round(self._bound(self.encoder(x)))
+    def _encode(self, x, bf16=False):
+        q = torch.round(self._bound(self._encoder(x, bf16)))
         return (q + self.offset + self.half).round().long().clamp(0, self.alphabet - 1)
 
     def _decode(self, s):

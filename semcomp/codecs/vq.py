@@ -51,9 +51,9 @@ class _VQAutoencoder(Codec):
         cb = self.vq._codebook.embed  # (1 or n, K, d)
         return cb
 
-    def _encode(self, x):
+    def _encode(self, x, bf16=False):
         n, d = self.params["n"], self.params["d"]
-        z = self.encoder(x).view(len(x), n, d)  # (B, n, d)
+        z = self._encoder(x, bf16).view(len(x), n, d)  # (B, n, d)
         cb = self.codebooks()
         if self.shared_codebook:
             c = cb[0]  # (K, d)

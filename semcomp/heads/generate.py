@@ -223,3 +223,42 @@ class StableUnCLIPGenerator:
                         guidance_scale=guidance, noise_level=noise_level, generator=g, callback=cb, callback_steps=1,
                         height=height, width=width)
         return out.images
+
+
+class KarloGenerator:
+    """Karlo image variations (kakaobrain's unCLIP, diffusers ``UnCLIPImageVariationPipeline``) fed the decoded
+    embedding through ``image_embeddings`` — the other real-model path (needs a download).
+
+    Karlo conditions on CLIP ViT-L/14 ``image_embeds`` as its image encoder returns them (not unit-norm); a
+    decoded feature is unit-norm, so ``input_scale`` multiplies it back to that scale (for users to set: about
+    the norm of their backbone's unnormalised image embeddings)."""
+
+    DEFAULT = "kakaobrain/karlo-v1-alpha-image-variations"
+    EMBED_DIM = 768
+
+    def __init__(self, pipe, embed_dim: int = EMBED_DIM, input_scale: float = 1.0):
+        self.pipe = pipe
+        self.embed_dim = embed_dim
+        self.input_scale = float(input_scale)
+
+    @classmethod
+    def from_pretrained(cls, name: str = DEFAULT, input_scale: float = 1.0, **kw) -> "KarloGenerator":
+        from diffusers import UnCLIPImageVariationPipeline
+
+        return cls(UnCLIPImageVariationPipeline.from_pretrained(name, **kw), input_scale=input_scale)
+
+    def generate(self, embeds, steps: int = 25, super_res_steps: int = 7, guidance: float = 8.0, seed: int = 0,
+                 callback: Callable[[int, int], None] | None = None) -> list:
+        embeds = torch.as_tensor(embeds, dtype=torch.float32)
+        if embeds.ndim == 1:
+            embeds = embeds[None]
+        if embeds.ndim != 2 or embeds.shape[-1] != self.embed_dim:
+            raise GeneratorError(f"Karlo expects {self.embed_dim}-d ViT-L/14 embeddings, got shape {tuple(embeds.shape)}")
+        g = torch.Generator("cpu").manual_seed(int(seed))
+        e = F.normalize(embeds, dim=-1) * self.input_scale
+        # this pipeline has no step callback: report the two stages (decoder, super-resolution) as they finish
+        out = self.pipe(image_embeddings=e.to(self.pipe.dtype), decoder_num_inference_steps=steps,
+                        super_res_num_inference_steps=super_res_steps, decoder_guidance_scale=guidance, generator=g)
+        if callback is not None:
+            callback(steps, steps)
+        return out.images

@@ -82,12 +82,27 @@ def box_proposals(h: int, w: int, scales: tuple[float, ...] = (0.35, 0.5, 0.7, 0
     return out + [full]
 
 
+SAM_TYPES = ("vit_b", "vit_l", "vit_h", "vit_t")  # vit_t: MobileSAM, the light option
+
+
 def sam_mask_generator(sam, model_type: str = "vit_b", **kw):
-    """segment-anything's automatic mask generator from a checkpoint path (real users) or a built ``Sam``."""
-    from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
+    """segment-anything's automatic mask generator from a checkpoint path (real users) or a built ``Sam``.
+
+    ``model_type="vit_t"`` is MobileSAM (same mask generator, a TinyViT image encoder, ~10x lighter); its package
+    is not on PyPI, so it is imported only when asked for."""
+    if model_type not in SAM_TYPES:
+        raise SegmentError(f"unknown SAM model type {model_type!r}; choose one of {SAM_TYPES}")
+    if model_type == "vit_t":
+        try:
+            from mobile_sam import SamAutomaticMaskGenerator, sam_model_registry
+        except ImportError as e:
+            raise SegmentError("MobileSAM (vit_t) needs its package, which is not on PyPI: "
+                               "pip install git+https://github.com/ChaoningZhang/MobileSAM") from e
+    else:
+        from segment_anything import SamAutomaticMaskGenerator, sam_model_registry
 
     if isinstance(sam, (str, bytes)) or hasattr(sam, "__fspath__"):
-        sam = sam_model_registry[model_type](checkpoint=str(sam))
+        sam = sam_model_registry[model_type](checkpoint=str(sam))  # torch.load, weights_only by default in torch >= 2.6
     return SamAutomaticMaskGenerator(sam, **kw)
 
 

@@ -1,0 +1,41 @@
+"""python -m bench.all: every step in its own process, one dated folder, a report naming each step's status."""
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import bench.all as bench_all  # noqa: E402
+
+GOOD = """
+import sys
+sys.path.insert(0, {root!r})
+from bench.common import RESULTS, record
+record("demo", {{"results": [{{"x": 1}}]}})
+(RESULTS / "demo.md").write_text("| a |\\n|---|\\n| 1 |\\n")
+"""
+
+
+def test_one_folder_one_report_failures_reported(tmp_path, monkeypatch):
+    good = tmp_path / "good.py"
+    good.write_text(GOOD.format(root=str(ROOT)))
+    bad = tmp_path / "bad.py"
+    bad.write_text("raise SystemExit('no features here')\n")
+    monkeypatch.setattr(bench_all, "steps", lambda quick: [("demo", [str(good)]), ("broken", [str(bad)])])
+    out = tmp_path / "report"
+    assert bench_all.main(["--out", str(out)]) == 1  # one step failed: the run says so
+    rec = json.loads((out / "demo.json").read_text())
+    assert {"cpu", "cores", "torch", "torch_threads", "faiss", "numpy"} <= set(rec["machine"]) and rec["git_commit"] is not None
+    report = (out / "REPORT.md").read_text()
+    assert "| demo | ok |" in report and "| broken | failed (exit 1) |" in report and "no features here" in report
+    assert "| a |" in report
+    steps = json.loads((out / "steps.json").read_text())
+    assert [s["name"] for s in steps] == ["demo", "broken"]
+
+
+def test_unknown_step_is_refused(monkeypatch, capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        bench_all.main(["--only", "nonsense", "--out", "/tmp/unused"])
+    assert "unknown steps" in capsys.readouterr().err
