@@ -3,6 +3,7 @@
     python -m bench.all                      # or: semcomp bench
     python -m bench.all --quick              # minutes: small sizes, skips the slow heads/app benches
     python -m bench.all --only entropy_coding,scale
+    python -m bench.all --publish            # and copy the results to bench/results/, which the README cites
 
 Writes ``bench/results/<YYYY-MM-DD>-<machine>/``: each script's JSON (machine info: CPU model, cores, torch /
 faiss / numpy versions, thread settings, git commit, command), its Markdown tables and plots, a ``REPORT.md``
@@ -105,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", help="comma-separated step names")
     ap.add_argument("--out", help="report folder (default bench/results/<date>-<machine>)")
+    ap.add_argument("--publish", action="store_true",
+                    help="also copy the successful steps' JSON/Markdown/plots to bench/results/, the files the README cites")
     a = ap.parse_args(argv)
     out = Path(a.out) if a.out else RESULTS / f"{datetime.date.today().isoformat()}-{machine_tag()}"
     out.mkdir(parents=True, exist_ok=True)
@@ -132,6 +135,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"   {entry['status']} in {entry['seconds']:.0f} s", flush=True)
         (out / "steps.json").write_text(json.dumps(log, indent=2))
     path = report(out, log)
+    if a.publish:
+        import shutil
+
+        for r in log:
+            if r["status"] == "ok":
+                for f in out.glob(f"{r['name']}*"):
+                    if f.suffix in (".json", ".md", ".png"):
+                        shutil.copy2(f, RESULTS / f.name)
     if not a.out:
         (RESULTS / "LATEST").write_text(out.name + "\n")
     print("report:", path)

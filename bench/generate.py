@@ -66,7 +66,9 @@ def main() -> None:
     card = json.loads((shipped_heads(bb.name)["generate"] / "card.json").read_text())
     g = float(card.get("default_guidance", 3.0))
     res = {"model": "weights/heads/semcomp-tiny-unclip", "params": card.get("params"), "guidance": g, "steps": a.steps}
-    prev = json.loads((RESULTS / "generate.json").read_text()) if (RESULTS / "generate.json").exists() else {}
+    # the GPU burst's section is kept from the last published result (a dated report folder starts empty)
+    prev_path = next((p for p in (RESULTS / "generate.json", Path(__file__).resolve().parent / "results" / "generate.json") if p.exists()), None)
+    prev = json.loads(prev_path.read_text()) if prev_path else {}
     if a.device_dir:
         d = Path(a.device_dir)
         m = json.loads((d / "metrics.json").read_text())
