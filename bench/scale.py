@@ -69,7 +69,15 @@ def main() -> None:
                          "encode_peak_rss_mib": en["maxrss_mib"], "scf_bytes": scf.stat().st_size,
                          "scf_bits_per_feature": 8 * scf.stat().st_size / got})
             print(rows[-1], flush=True)
-    path = record("scale", {"backbone": a.backbone, "codec": a.codec, "source": a.source or "shared shards",
+    growth = {}
+    if len(rows) > 1:  # resident memory per extra image, against the 2 KiB each feature itself takes
+        lo, hi = rows[0], rows[-1]
+        di = hi["images"] - lo["images"]
+        growth = {"extract_rss_kib_per_image": (hi["extract_peak_rss_mib"] - lo["extract_peak_rss_mib"]) * 1024 / di,
+                  "encode_rss_kib_per_image": (hi["encode_peak_rss_mib"] - lo["encode_peak_rss_mib"]) * 1024 / di,
+                  "feature_kib_per_image": 2.0}
+        print(growth)
+    path = record("scale", {"backbone": a.backbone, "codec": a.codec, "source": a.source or "shared shards", "rss_growth": growth,
                             "note": "wall times include process start, model loading and JPEG decoding; encode includes "
                                     "reading the feature file and ANS coding into one .scf", "results": rows})
     print("wrote", path)

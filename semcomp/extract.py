@@ -99,13 +99,25 @@ def extract(backbone, src: ImageSource, out: str | Path, *, batch_size: int = 25
     files = [f for f in files if ".tmp." not in f.name]
     if not files:
         raise DataError(f"no images read from {src.description}")
-    loaded = [load_file(str(f)) for f in files]
-    idx = np.concatenate([p["indices"] for p in loaded])
-    order = np.argsort(idx, kind="stable")
-    feats = np.concatenate([p["features"] for p in loaded])[order]
-    labels = np.concatenate([p["labels"] for p in loaded])[order]
-    if len(np.unique(idx)) != len(idx):
+    # merge into one preallocated array, one part at a time: peak memory ~ the features once (+ the writer's copy)
+    from safetensors import safe_open
+
+    idx_parts = []
+    for f in files:
+        with safe_open(str(f), "np") as sf:
+            idx_parts.append(sf.get_tensor("indices"))
+    all_idx = np.concatenate(idx_parts)
+    if len(np.unique(all_idx)) != len(all_idx):
         raise DataError(f"{parts} holds overlapping parts (a run with another --world or --limit?); delete it and rerun")
+    order = np.sort(all_idx)
+    feats, labels = None, np.empty(len(all_idx), np.int64)
+    for f, idx in zip(files, idx_parts):
+        part = load_file(str(f))
+        if feats is None:
+            feats = np.empty((len(all_idx), part["features"].shape[1]), np.float32)
+        pos = np.searchsorted(order, idx)
+        feats[pos], labels[pos] = part["features"], part["labels"]
+        del part
     text, template = text_features(backbone, src.class_names, templates)
     meta = {"backbone": backbone.name, "dataset": src.name, "split": src.split, "class_names": src.class_names,
             "template": template, "source": src.description, "images": int(len(feats)), "processes": world}

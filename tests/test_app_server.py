@@ -50,8 +50,9 @@ def test_every_endpoint_answers(server, tmp_path):
 
     c = Client(server, verbose=False)
     out = c.predict(handle_file(str(EXAMPLE)), "fsq", 64, "auto", "Tiny-ImageNet-200", "", "the goldfish", api_name="/transmit")
-    stats, orig, dec, scf, _plot, cap_o, cap_d, seg_o, seg_d, note = out
+    stats, orig, dec, scf, _plot, cap_o, cap_d, seg_o, seg_d, note, px_jpeg, px_learned, px_note = out
     assert "64 bits" in stats and orig["label"] and dec["label"]
+    assert Path(px_jpeg).exists() and "JPEG" in px_note  # what the same bytes buy as pixels
     probs = [c["confidence"] for c in dec["confidences"]]
     assert probs == sorted(probs, reverse=True)
     assert cap_o and cap_d and Path(seg_o).exists() and Path(seg_d).exists() and "bits" in note

@@ -135,7 +135,7 @@ class LearnedPixelCodec:
         h, w = arr.shape[:2]
         if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
             raise PixelCodecError(f"image sides must be 1..{MAX_SIDE}, got {h}x{w}")
-        x = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)[None].float().div_(255)
+        x = torch.from_numpy(np.array(arr, dtype=np.uint8)).permute(2, 0, 1)[None].float().div_(255)  # a writable copy
         s = self.stride
         ph, pw = (-h) % s, (-w) % s
         if ph or pw:  # replicate the border so padding costs few bits; cropped after decoding
