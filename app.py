@@ -69,7 +69,9 @@ class Demo:
             self.head(kind)
         from semcomp.pixel.learned import shipped_pixel_codecs
 
-        self._loaded["pixel"] = shipped_pixel_codecs()
+        # the panel uses the factorized-prior models: the attention pyramid costs seconds per image at these sizes
+        # (both are measured in bench/pixel_vs_semantic.py)
+        self._loaded["pixel"] = [c for c in shipped_pixel_codecs() if "pyramid" not in c.name]
         gen_card = self._head_card("generate")
         self.default_guidance = float(gen_card.get("default_guidance", 3.0))
 
@@ -144,20 +146,18 @@ class Demo:
         """What the .scf file's bytes buy as pixels: the largest JPEG, and the largest learned-codec image, that fit."""
         from semcomp.pixel import JPEG_LADDER, best_within
 
-        if "pixel" not in self._loaded:
-            from semcomp.pixel.learned import shipped_pixel_codecs
-
-            self._loaded["pixel"] = shipped_pixel_codecs()
         lines = [f"**The same {n_bytes} bytes as pixels** (the whole `.scf` file, header and CRC included):"]
-        jpeg = best_within(JPEG_LADDER, image, n_bytes)
+        smallest = best_within(JPEG_LADDER[-1:], image, 10**9, min_side=1, start_side=8)
+        jpeg = best_within(JPEG_LADDER, image, n_bytes) if smallest["bytes"] <= n_bytes else None
         if jpeg is None:
-            smallest = best_within(JPEG_LADDER[-1:], image, 10**9, min_side=1, start_side=8)
             lines.append(f"- JPEG: no JPEG fits — the smallest this image can have ({smallest['width']}×{smallest['height']} px, "
                          f"q1) is **{smallest['bytes']} bytes** ({smallest['bytes'] / n_bytes:.0f}× the budget); shown instead.")
             jpeg = smallest
         else:
             lines.append(f"- JPEG: {jpeg['width']}×{jpeg['height']} px at {jpeg['codec']}, {jpeg['bytes']} bytes.")
-        learned = best_within(self._loaded["pixel"], image, n_bytes, min_side=4) if self._loaded["pixel"] else None
+        # start near the size the budget can hold (the cheapest shipped model needs ~0.2 bit/pixel), not at 256 px
+        start = int(min(256, max(8, (16 * n_bytes / 0.2) ** 0.5)))
+        learned = best_within(self._loaded["pixel"], image, n_bytes, min_side=4, start_side=start) if self._loaded["pixel"] else None
         if learned is None:
             lines.append("- learned pixel codec: nothing fits (or none ships).")
         else:

@@ -189,3 +189,15 @@ def test_best_within_budget():
     bigger = best_within(JPEG_LADDER, img, 5000)
     assert bigger["width"] * bigger["height"] >= got["width"] * got["height"]
     assert best_within(JPEG_LADDER, img, 40) is None  # JPEG's headers alone are bigger
+
+
+def test_pyramid_attention_is_sagans_softmax_attention():
+    from semcomp.pixel.pyramid import SelfAttention2d
+
+    torch.manual_seed(0)
+    m = SelfAttention2d(16)
+    m.gain.data.fill_(1.0)
+    x = torch.randn(2, 16, 6, 5)
+    q, k, v = m.query(x).flatten(2).transpose(1, 2), m.key(x).flatten(2), m.value(x).flatten(2)
+    ref = x + (v @ torch.softmax(q @ k, -1).transpose(1, 2)).view(2, 16, 6, 5)  # unscaled energy, as SAGAN
+    assert torch.allclose(m(x), ref, atol=1e-5)

@@ -49,14 +49,16 @@ class SelfAttention2d(nn.Module):
 
     def forward(self, x):
         b, c, h, w = x.shape
-        q = self.query(x).flatten(2).transpose(1, 2)[:, None]  # (B, 1, HW, c')
-        k = self.key(x).flatten(2).transpose(1, 2)[:, None]
-        v = self.value(x).flatten(2).transpose(1, 2)[:, None]  # (B, 1, HW, C)
+        # contiguous (B, 1, HW, ch): the fused kernel needs a unit stride on the last dim, else PyTorch falls back
+        # to the math path and materialises the HW x HW map (38 GB for a Kodak image)
+        q = self.query(x).flatten(2).transpose(1, 2)[:, None].contiguous()  # (B, 1, HW, c')
+        k = self.key(x).flatten(2).transpose(1, 2)[:, None].contiguous()
+        v = self.value(x).flatten(2).transpose(1, 2)[:, None].contiguous()  # (B, 1, HW, C)
         # softmax(q k^T) v, SAGAN's unscaled energy. Through PyTorch's fused attention so a full-size image
         # (Kodak: 98k positions) never materialises the HW x HW map; query/key are zero-padded to the value
         # width (same dot products) because the fused CPU kernel wants one head size.
         pad = v.shape[-1] - q.shape[-1]
-        out = F.scaled_dot_product_attention(F.pad(q, (0, pad)), F.pad(k, (0, pad)), v, scale=1.0)
+        out = F.scaled_dot_product_attention(F.pad(q, (0, pad)).contiguous(), F.pad(k, (0, pad)).contiguous(), v, scale=1.0)
         return x + self.gain * out[:, 0].transpose(1, 2).reshape(b, c, h, w)
 
 
