@@ -84,10 +84,10 @@ def ensure_features(env: dict) -> None:
 
 def report(out: Path, log: list[dict]) -> Path:
     lines = [f"# semcomp benchmark report — {out.name}", "",
-             f"Command: `python -m bench.all {' '.join(sys.argv[1:])}`. Every number below comes from the JSON next to "
-             "this file, which records the machine, versions, thread settings, git commit and exact command.", "",
-             "| step | status | wall time |", "|---|---|---:|"]
-    lines += [f"| {r['name']} | {r['status']} | {r['seconds']:.0f} s |" for r in log]
+             "Every number below comes from the JSON next to this file, which records the machine, versions, thread "
+             "settings, git commit and the exact command of its step.", "",
+             "| step | status | wall time | run by |", "|---|---|---:|---|"]
+    lines += [f"| {r['name']} | {r['status']} | {r['seconds']:.0f} s | `{r.get('run_by', 'python -m bench.all')}` |" for r in log]
     for r in log:
         lines += ["", f"## {r['name']}", ""]
         for md in sorted(out.glob(f"{r['name']}*.md")):
@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="report folder (default bench/results/<date>-<machine>)")
     ap.add_argument("--publish", action="store_true",
                     help="also copy the successful steps' JSON/Markdown/plots to bench/results/, the files the README cites")
+    argv_in = list(sys.argv[1:] if argv is None else argv)
     a = ap.parse_args(argv)
     out = Path(a.out) if a.out else RESULTS / f"{datetime.date.today().isoformat()}-{machine_tag()}"
     out.mkdir(parents=True, exist_ok=True)
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {name}: python {' '.join(argv)}", flush=True)
         p = subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, text=True)
         entry = {"name": name, "argv": argv, "status": "ok" if p.returncode == 0 else f"failed (exit {p.returncode})",
-                 "seconds": time.time() - t0}
+                 "seconds": time.time() - t0, "run_by": "python -m bench.all " + " ".join(argv_in)}
         if p.returncode != 0:
             entry["stderr_tail"] = p.stderr[-3000:]
             print(p.stderr[-3000:], file=sys.stderr)

@@ -28,6 +28,7 @@ def test_one_folder_one_report_failures_reported(tmp_path, monkeypatch):
     assert {"cpu", "cores", "torch", "torch_threads", "faiss", "numpy"} <= set(rec["machine"]) and rec["git_commit"] is not None
     report = (out / "REPORT.md").read_text()
     assert "| demo | ok |" in report and "| broken | failed (exit 1) |" in report and "no features here" in report
+    assert "python -m bench.all --out" in report
     assert "| a |" in report
     steps = json.loads((out / "steps.json").read_text())
     assert [s["name"] for s in steps] == ["demo", "broken"]
