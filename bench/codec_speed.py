@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import record  # noqa: E402
+from bench.common import record, timeit  # noqa: E402
 from semcomp.codecs import create_codec, load_codec  # noqa: E402
 from semcomp.hardware import cpu_has_bf16  # noqa: E402
 
@@ -28,14 +28,6 @@ SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "codecs" / "semcomp-
 SPECS = {64: ["pqvae-n16d8k16", "aesq-c32l4", "fsq-c32l4"], 256: ["pqvae-n64d8k16", "aesq-c128l4"],
          600: ["pqvae-n200d16k8", "pqvae-n50d64k4096", "aesq-c200l8"]}
 
-
-def timeit(fn, min_time=1.0):
-    fn()
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < min_time:
-        fn()
-        n += 1
-    return (time.perf_counter() - t0) / n
 
 
 def faiss_pq_rows(x: torch.Tensor, threads: int) -> list[dict]:

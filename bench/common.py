@@ -13,6 +13,18 @@ from pathlib import Path
 RESULTS = Path(os.environ.get("SEMCOMP_BENCH_OUT") or Path(__file__).resolve().parent / "results")
 
 
+def timeit(fn, min_time: float = 1.0) -> float:
+    """Seconds per call: one warm-up, then as many calls as fit in ``min_time``."""
+    import time
+
+    fn()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < min_time:
+        fn()
+        n += 1
+    return (time.perf_counter() - t0) / n
+
+
 def machine() -> dict:
     cpu = ""
     try:

@@ -12,14 +12,13 @@ fixed-length input, encode and decode, one thread.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import RESULTS, record  # noqa: E402
+from bench.common import RESULTS, record, timeit  # noqa: E402
 from semcomp.codecs import load_codec  # noqa: E402
 from semcomp.data import load_features  # noqa: E402
 from semcomp.entropy import empirical_entropy_bits  # noqa: E402
@@ -27,14 +26,6 @@ from semcomp.zoo import best_measured  # noqa: E402
 
 FEATURES = Path.home() / ".cache" / "semcomp" / "features" / "tin-val.safetensors"
 
-
-def timeit(fn, min_time=1.0):
-    fn()
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < min_time:
-        fn()
-        n += 1
-    return (time.perf_counter() - t0) / n
 
 
 def main() -> None:
