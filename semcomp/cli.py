@@ -401,7 +401,7 @@ def cmd_bench(a) -> None:
         raise CLIError("the benchmarks live in the repository's bench/ folder; run this from a git checkout of semcomp")
     rc = subprocess.run([sys.executable, "-m", "bench.all", *a.bench_args], cwd=root).returncode
     if rc:
-        raise CLIError(f"some benchmark steps failed (exit {rc}); see the report's REPORT.md")
+        raise CLIError(f"bench.all exited with {rc} (a usage error, or failed steps: see the report folder's REPORT.md)")
 
 
 def cmd_convert_clipcap(a) -> None:
@@ -597,6 +597,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"] and not {"-h", "--help"} & set(argv[1:2]):  # its options belong to bench.all, not argparse here
+        a = argparse.Namespace(bench_args=argv[1:], func=cmd_bench, argv=argv, verbose=False)
+        try:
+            cmd_bench(a)
+        except CLIError as e:
+            logger.error("%s", e)
+            return 2
+        return 0
     a = build_parser().parse_args(argv)
     a.argv = argv
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -40,3 +40,10 @@ def test_unknown_step_is_refused(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         bench_all.main(["--only", "nonsense", "--out", "/tmp/unused"])
     assert "unknown steps" in capsys.readouterr().err
+
+
+def test_semcomp_bench_passes_its_options_to_bench_all():
+    import subprocess
+
+    p = subprocess.run([sys.executable, "-m", "semcomp.cli", "bench", "--only", "nonsense"], cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 2 and "unknown steps" in p.stderr
