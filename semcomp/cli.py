@@ -356,7 +356,6 @@ def cmd_train_pixel(a) -> None:
     out = Path(a.out)
     _check_out(out / "model.safetensors", a.force)
     t0 = time.time()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     arr = tiny_imagenet_split("train", source=a.train_source)
     keep = np.isin(arr.labels, class_split("tiny-imagenet")["train_classes"])  # the semantic codecs' training classes
     images = torch.from_numpy(arr.images[keep])

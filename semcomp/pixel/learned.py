@@ -83,8 +83,8 @@ def _half_keys(model: nn.Module) -> set[str]:
 def save_pixel_model(model: nn.Module, cfg: dict, out_dir: str | Path, card: dict | None = None) -> Path:
     from safetensors.torch import save_file
 
-    model.update(force=True)  # build the CDF tables once; they are saved so the receiver uses the very same ones
-    # round the fp16 weights first, then rebuild the tables from the weights the receiver will load
+    # round to the fp16 the receiver will load first, then build the CDF tables from those weights; the tables are
+    # saved too, so sender and receiver code with the very same ones
     half = _half_keys(model)
     with torch.no_grad():
         for k, v in model.state_dict().items():
