@@ -1,6 +1,6 @@
 """semcomp: send what an image means, not its pixels — compress CLIP features to 32–2000 bits."""
-from .bitstream import BitstreamError
+from .bitstream import BitstreamError, BitstreamLimitError
 from .codecs import CODECS, Codec, CodecError, create_codec, list_codecs, load_codec
 
 __version__ = "0.1.0"
-__all__ = ["BitstreamError", "CODECS", "Codec", "CodecError", "create_codec", "list_codecs", "load_codec", "__version__"]
+__all__ = ["BitstreamError", "BitstreamLimitError", "CODECS", "Codec", "CodecError", "create_codec", "list_codecs", "load_codec", "__version__"]

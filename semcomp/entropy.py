@@ -224,6 +224,16 @@ class EntropyCoder:
         raise EntropyCodingError(f"unknown entropy coder {coder!r}; choose one of {sorted(CODER_IDS)}")
 
     def decode(self, payload: bytes, count: int, coder: str) -> np.ndarray:
+        """Exactly ``count`` items from exactly ``payload``: the payload must be the one this coder writes for
+        the decoded symbols (re-encoding them gives the same bytes), so a relabelled count, trailing data or
+        non-zero padding are all refused, for every coder."""
+        out = self._decode(payload, count, coder)
+        if self.encode(out, coder) != bytes(payload):
+            raise EntropyCodingError(f"{coder} payload of {len(payload)} bytes is not the coding of exactly {count} items "
+                                     "(wrong item count, trailing data or bad padding)")
+        return out
+
+    def _decode(self, payload: bytes, count: int, coder: str) -> np.ndarray:
         # An ANS decoder invents symbols past the end of its data, and a near-certain model codes thousands of
         # items in zero payload bytes, so the payload size cannot bound the count: cap what one stream may
         # allocate instead (a forged count once made the decoder allocate count x positions symbols).

@@ -3,6 +3,10 @@
 The bitstream header names the codec spec and the backbone; the receiver loads the matching shipped codec
 (its weights hash must match the header's), decodes the features and runs the heads trained for that
 backbone's embedding space (``weights/heads/*``, found by the ``backbone`` field of their config).
+
+``receive`` is for one upload: by default it accepts at most :data:`RECEIVE_MAX_ITEMS` items and refuses a
+header announcing more (``BitstreamLimitError``) before it loads a codec or decodes anything, so a forged
+64-byte file cannot make it decode millions of features.
 """
 from __future__ import annotations
 
@@ -11,9 +15,12 @@ import json
 from pathlib import Path
 
 from .backbone import WEIGHTS_DIR
-from .bitstream import BitstreamError, unpack
+from .bitstream import BitstreamError, check_limits, unpack
 
 HEADS_DIR = WEIGHTS_DIR / "heads"
+# Items one received upload may hold unless the caller says otherwise: an upload is one image's feature
+# (or a handful); a caller receiving a batch file passes its own max_items.
+RECEIVE_MAX_ITEMS = 16
 
 
 def shipped_heads(backbone: str) -> dict[str, Path]:
@@ -68,7 +75,14 @@ def codec_for_bitstream(blob: bytes):
     return codec
 
 
-def receive(blob: bytes):
-    """Bytes -> (codec, decoded features (N, D))."""
+def receive(blob: bytes, max_items: int | None = RECEIVE_MAX_ITEMS, max_decoded_bytes: int | None = None):
+    """Bytes -> (codec, decoded features (N, D)).
+
+    ``max_items`` (default :data:`RECEIVE_MAX_ITEMS`, 16; None: no item bound) and ``max_decoded_bytes``
+    (None: ``bitstream.DEFAULT_MAX_DECODED_BYTES``, 256 MiB) bound the header's item count before any codec
+    is loaded or anything decoded; over them, ``BitstreamLimitError`` (a ``BitstreamError``) names the limit."""
+    header, _ = unpack(blob)  # raises BitstreamError on any corruption
+    # the item bound needs no codec; the bytes bound is checked here on the features alone, then exactly
+    check_limits(header.count, 4 * header.dim, max_items, max_decoded_bytes, what="received bitstream")
     codec = codec_for_bitstream(blob)
-    return codec, codec.decompress(blob)
+    return codec, codec.decompress(blob, max_items=max_items, max_decoded_bytes=max_decoded_bytes)

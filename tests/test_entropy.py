@@ -65,3 +65,18 @@ def test_near_certain_symbols_decode_even_from_an_empty_ans_payload():
     blob = coder.encode(s, "ans")
     assert len(blob) <= 64
     assert (coder.decode(blob, 4096, "ans") == s).all()
+
+
+@pytest.mark.parametrize("coder", ["raw", "huffman", "ans"])
+def test_decode_takes_exactly_the_count_and_the_payload(coder):
+    """Fewer items than coded, or bytes appended, are refused by every coder (the payload must be exactly what
+    encoding the decoded items writes)."""
+    s, _ = skewed_symbols(n=30)
+    ec = EntropyCoder(SymbolModel(count_symbols(s, 16)))
+    payload = ec.encode(s, coder)
+    assert np.array_equal(ec.decode(payload, 30, coder), s)
+    for n in (1, 29):
+        with pytest.raises(EntropyCodingError):
+            ec.decode(payload, n, coder)
+    with pytest.raises(EntropyCodingError):
+        ec.decode(payload + b"\x01\x00\x00\x00", 30, coder)

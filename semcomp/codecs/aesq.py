@@ -9,21 +9,31 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import Codec, mlp, require_power_of_two
+from .base import Codec, mlp, mlp_numel, require_power_of_two
 
 
 class AutoencoderScalarQuantizer(Codec):
     family = "aesq"
     spec_pattern = r"aesq-c(?P<c>\d+)l(?P<l>\d+)"
     spec_format = "aesq-c{c}l{l}"
+    extra_params = ("hidden",)
 
     def __init__(self, dim: int, c: int = 200, l: int = 8, hidden: int = 512, commitment: float = 0.25):
-        require_power_of_two("levels L", l)
         super().__init__(dim, c=c, l=l, hidden=hidden)
+        require_power_of_two("levels L", l)
         self.commitment = commitment
         self.encoder = mlp([dim, hidden, hidden, c])
         self.decoder = mlp([c, hidden, hidden, dim])
         self.points = torch.nn.Parameter(torch.linspace(-0.5, 0.5, l).repeat(c, 1))  # (C, L)
+
+    @classmethod
+    def symbol_shape(cls, dim, p):
+        return p.get("c", 200), p.get("l", 8)
+
+    @classmethod
+    def state_numel(cls, dim, p):
+        c, l, h = p.get("c", 200), p.get("l", 8), p.get("hidden", 512)
+        return mlp_numel([dim, h, h, c]) + mlp_numel([c, h, h, dim]) + c * l
 
     @property
     def num_symbols(self):

@@ -22,6 +22,15 @@ from ..entropy import CODER_IDS, EntropyCoder, EntropyCodingError, SymbolModel, 
 
 CHUNK = 8192  # feature rows per encode/decode pass
 
+# Sane bounds on what a spec or a config.json may ask for, checked before anything is allocated (a config is
+# untrusted input: one edited number once asked for 35 TB). Far above every shipped codec (the largest holds
+# 1.1 M numbers; 512-d features; 512 symbols x 16 an item) and any CLIP width.
+MAX_DIM = 16384  # feature dimension
+MAX_PARAM = 1 << 20  # any one integer in a spec or config (c, l, n, d, k, hidden)
+MAX_STATE_NUMEL = 1 << 26  # parameters + buffers of the network: 67 M numbers, 256 MiB in fp32
+MAX_SYMBOL_TABLE = 1 << 22  # symbols per item x alphabet: the entropy model's count table (32 MiB of int64)
+MAX_SPEC_LEN = 64
+
 
 class CodecError(ValueError):
     """Wrong input for a codec (dimension, dtype, symbols out of range) or a bad codec file."""
@@ -35,6 +44,11 @@ def fixed_bits(num_symbols: int, alphabet: int) -> int:
 def require_power_of_two(name: str, value: int) -> None:
     if value < 2 or value & (value - 1):
         raise CodecError(f"{name} must be a power of two >= 2, got {value}")
+
+
+def mlp_numel(sizes: list[int]) -> int:
+    """Numbers held by ``mlp(sizes)``: computed from the sizes alone, before building it."""
+    return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:
@@ -55,13 +69,13 @@ class Codec(nn.Module):
     family: ClassVar[str]
     spec_pattern: ClassVar[str]  # regex with named groups, e.g. r"pqvae-n(?P<n>\d+)d(?P<d>\d+)k(?P<k>\d+)"
     spec_format: ClassVar[str]  # e.g. "pqvae-n{n}d{d}k{k}"
+    extra_params: ClassVar[tuple[str, ...]] = ()  # integer params beyond the spec's, saved in config.json
 
     def __init__(self, dim: int, **params):
         super().__init__()
-        if dim < 2:
-            raise CodecError(f"feature dimension must be >= 2, got {dim}")
+        self.check_size(dim, params)  # before any subclass allocates a tensor
         self.dim = int(dim)
-        self.params = {k: int(v) if isinstance(v, (int, np.integer)) else v for k, v in params.items()}
+        self.params = {k: int(v) for k, v in params.items()}
         # Entropy model: symbol counts on the training features (see fit_entropy_model).
         self.register_buffer("symbol_counts", torch.zeros(0, dtype=torch.int64))
         self.backbone = ""
@@ -75,8 +89,54 @@ class Codec(nn.Module):
 
     @classmethod
     def parse_spec(cls, spec: str) -> dict | None:
-        m = re.fullmatch(cls.spec_pattern, spec)
+        if not isinstance(spec, str) or len(spec) > MAX_SPEC_LEN:
+            return None
+        m = re.fullmatch(cls.spec_pattern, spec, flags=re.ASCII)
         return {k: int(v) for k, v in m.groupdict().items()} if m else None
+
+    @classmethod
+    def param_names(cls) -> set[str]:
+        """The integer params a config of this family holds: the spec's fields plus ``extra_params``."""
+        return set(re.compile(cls.spec_pattern).groupindex) | set(cls.extra_params)
+
+    # ---- sizes from the config alone (overridden): what building the codec would allocate
+    @classmethod
+    def symbol_shape(cls, dim: int, params: dict) -> tuple[int, int]:
+        """(symbols per item, alphabet) of a codec with these params."""
+        raise NotImplementedError
+
+    @classmethod
+    def state_numel(cls, dim: int, params: dict) -> int:
+        """Numbers in the network's parameters and buffers (the entropy table apart)."""
+        raise NotImplementedError
+
+    @classmethod
+    def check_size(cls, dim, params: dict) -> int:
+        """Refuse, with a CodecError naming the bad value and the limit, params that are not positive ints in
+        range or a codec that would be too large; returns the state size. Pure arithmetic: nothing allocated."""
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
+            raise CodecError(f"feature dimension must be an int, got {dim!r}")
+        if not 2 <= dim <= MAX_DIM:
+            raise CodecError(f"feature dimension {dim} out of range 2..{MAX_DIM} (MAX_DIM)")
+        for k, v in params.items():
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise CodecError(f"{cls.family} param {k} must be an int, got {v!r}")
+            if not 1 <= v <= MAX_PARAM:
+                raise CodecError(f"{cls.family} param {k}={v} out of range 1..{MAX_PARAM} (MAX_PARAM)")
+        p = {k: int(v) for k, v in params.items()}
+        n, k = cls.symbol_shape(int(dim), p)
+        if n * k > MAX_SYMBOL_TABLE:
+            raise CodecError(f"{cls.family} {p} gives {n} symbols x alphabet {k} = {n * k} table entries, over the "
+                             f"limit of {MAX_SYMBOL_TABLE} (MAX_SYMBOL_TABLE)")
+        numel = cls.state_numel(int(dim), p)
+        if numel > MAX_STATE_NUMEL:
+            raise CodecError(f"{cls.family} {p} on {dim}-d features would hold {numel:,} numbers, over the limit of "
+                             f"{MAX_STATE_NUMEL:,} (MAX_STATE_NUMEL)")
+        return numel
+
+    def decoded_bytes_per_item(self, features: bool = True) -> int:
+        """What decoding one item allocates: its int64 symbols, plus its float32 feature if ``features``."""
+        return 8 * self.num_symbols + (4 * self.dim if features else 0)
 
     @property
     def num_symbols(self) -> int:
@@ -229,7 +289,21 @@ class Codec(nn.Module):
         header = bitstream.Header(self.family, CODER_IDS[coder], self.dim, len(symbols), self.weights_hash, self.spec, self.backbone)
         return bitstream.pack(header, payload)
 
-    def decompress_symbols(self, data: bytes) -> np.ndarray:
+    def decompress_symbols(self, data: bytes, max_items: int | None = None,
+                           max_decoded_bytes: int | None = None) -> np.ndarray:
+        """``.scf`` bitstream -> int64 symbols (N, n); limits as in :meth:`decompress`, counting the symbols only."""
+        return self._decompress_symbols(data, self.decoded_bytes_per_item(features=False), max_items, max_decoded_bytes)
+
+    def decompress(self, data: bytes, max_items: int | None = None, max_decoded_bytes: int | None = None) -> torch.Tensor:
+        """``.scf`` bitstream -> decoded L2-normalised features (N, D).
+
+        The header's item count is checked against ``max_items`` (None: no bound but the format's MAX_COUNT)
+        and ``count x decoded_bytes_per_item()`` against ``max_decoded_bytes`` (None:
+        ``bitstream.DEFAULT_MAX_DECODED_BYTES``, 256 MiB) before any entropy decoding or allocation;
+        ``bitstream.BitstreamLimitError`` (a ``BitstreamError``) names the limit exceeded."""
+        return self.decode(self._decompress_symbols(data, self.decoded_bytes_per_item(), max_items, max_decoded_bytes))
+
+    def _decompress_symbols(self, data, bytes_per_item: int, max_items, max_decoded_bytes) -> np.ndarray:
         header, payload = bitstream.unpack(data)
         if header.codec_family != self.family or header.spec != self.spec:
             raise bitstream.BitstreamError(f"bitstream was made by codec {header.spec!r}, this codec is {self.spec!r}")
@@ -239,14 +313,12 @@ class Codec(nn.Module):
             raise bitstream.BitstreamError(f"bitstream is for {header.dim}-d features, codec expects {self.dim}")
         if header.backbone != self.backbone:
             raise bitstream.BitstreamError(f"bitstream is for backbone {header.backbone!r}, codec is for {self.backbone!r}")
+        # the caller's bounds, from the header alone: nothing decoded or allocated yet
+        bitstream.check_limits(header.count, bytes_per_item, max_items, max_decoded_bytes, what=f"{self.spec} bitstream")
         try:
             return self.entropy_coder.decode(payload, header.count, coder_name(header.coder_id))
         except EntropyCodingError as e:
             raise bitstream.BitstreamError(str(e)) from e
-
-    def decompress(self, data: bytes) -> torch.Tensor:
-        """``.scf`` bitstream -> decoded L2-normalised features (N, D)."""
-        return self.decode(self.decompress_symbols(data))
 
     # ---- persistence
     def save_pretrained(self, out_dir: str | Path, card: dict | None = None, half: bool = True) -> Path:
@@ -263,6 +335,7 @@ class Codec(nn.Module):
         (out / "config.json").write_text(json.dumps(self.config(), indent=2))
         card = dict(card or {})
         card["sha256"] = hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
+        card["config_sha256"] = hashlib.sha256((out / "config.json").read_bytes()).hexdigest()
         card["spec"] = self.spec
         card["bits"] = self.bits
         (out / "card.json").write_text(json.dumps(card, indent=2))

@@ -20,7 +20,7 @@ class DirectScalarQuantizer(Codec):
     spec_format = "dsq-b{b}"
 
     def __init__(self, dim: int, b: int = 1, temperature: float = 1.0):
-        if not 1 <= b <= 8:
+        if isinstance(b, int) and not 1 <= b <= 8:
             raise CodecError(f"dsq supports 1..8 bits per dimension, got {b}")
         super().__init__(dim, b=b)
         self.temperature = temperature
@@ -29,6 +29,14 @@ class DirectScalarQuantizer(Codec):
         self.points = torch.nn.Parameter(pts.sort(dim=1).values)
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("scale", torch.full((dim,), 0.25))  # 4 std: ±2 std -> ±0.5
+
+    @classmethod
+    def symbol_shape(cls, dim, p):
+        return dim, 2 ** min(p.get("b", 1), 64)
+
+    @classmethod
+    def state_numel(cls, dim, p):
+        return dim * 2 ** min(p.get("b", 1), 64) + 2 * dim  # points, mean, scale
 
     @property
     def num_symbols(self) -> int:

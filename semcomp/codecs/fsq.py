@@ -12,22 +12,34 @@ import math
 
 import torch
 
-from .base import Codec, mlp, require_power_of_two
+from .base import Codec, CodecError, mlp, mlp_numel, require_power_of_two
 
 
 class FSQCodec(Codec):
     family = "fsq"
     spec_pattern = r"fsq-c(?P<c>\d+)l(?P<l>\d+)"
     spec_format = "fsq-c{c}l{l}"
+    extra_params = ("hidden",)
 
     def __init__(self, dim: int, c: int = 64, l: int = 8, hidden: int = 512):
-        require_power_of_two("levels L", l)
         super().__init__(dim, c=c, l=l, hidden=hidden)
+        require_power_of_two("levels L", l)
+        if l < 4:  # L=2 puts the bound's shift at atanh(1) = inf
+            raise CodecError(f"fsq needs L >= 4 levels, got {l}")
         self.encoder = mlp([dim, hidden, hidden, c])
         self.decoder = mlp([c, hidden, hidden, dim])
         half = (l - 1) / 2
         self.half, self.offset = half, 0.5 if l % 2 == 0 else 0.0
         self.shift = math.atanh(self.offset / half)
+
+    @classmethod
+    def symbol_shape(cls, dim, p):
+        return p.get("c", 64), p.get("l", 8)
+
+    @classmethod
+    def state_numel(cls, dim, p):
+        c, h = p.get("c", 64), p.get("hidden", 512)
+        return mlp_numel([dim, h, h, c]) + mlp_numel([c, h, h, dim])
 
     @property
     def num_symbols(self):

@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import torch
 
-from .base import Codec, CodecError, mlp, require_power_of_two
+from .base import Codec, mlp, mlp_numel, require_power_of_two
 
 
 class _VQAutoencoder(Codec):
     shared_codebook: bool
+    extra_params = ("hidden",)
 
     def __init__(self, dim: int, n: int = 8, d: int = 16, k: int = 16, hidden: int = 512, commitment: float = 0.25,
                  decay: float = 0.99, dead_code_threshold: float = 2.0):
+        super().__init__(dim, n=n, d=d, k=k, hidden=hidden)  # checks n, d >= 1 and the sizes first
         require_power_of_two("codebook size K", k)
-        if n < 1 or d < 1:
-            raise CodecError(f"need n >= 1 subspaces of dim d >= 1, got n={n}, d={d}")
-        super().__init__(dim, n=n, d=d, k=k, hidden=hidden)
         from vector_quantize_pytorch import VectorQuantize
 
         self.encoder = mlp([dim, hidden, hidden, n * d])
@@ -32,6 +31,17 @@ class _VQAutoencoder(Codec):
                                  separate_codebook_per_head=not self.shared_codebook, decay=decay,
                                  commitment_weight=commitment, kmeans_init=True, kmeans_iters=10,
                                  threshold_ema_dead_code=dead_code_threshold)
+
+    @classmethod
+    def symbol_shape(cls, dim, p):
+        return p.get("n", 8), p.get("k", 16)
+
+    @classmethod
+    def state_numel(cls, dim, p):
+        n, d, k, h = p.get("n", 8), p.get("d", 16), p.get("k", 16), p.get("hidden", 512)
+        books = 1 if cls.shared_codebook else n
+        # codebook: embed and embed_avg (books, K, d), cluster_size (books, K), the initted flag
+        return mlp_numel([dim, h, h, n * d]) + mlp_numel([n * d, h, h, dim]) + books * k * (2 * d + 1) + 1
 
     @property
     def num_symbols(self):
