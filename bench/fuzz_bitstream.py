@@ -1,10 +1,12 @@
 """Fuzz the receiver: mutated `.scf` bytes into `semcomp.receiver.receive` — only BitstreamError may come out.
 
 Seeds: real bitstreams of every shipped codec (raw, Huffman and ANS payloads; 1 and 3 items). Mutations:
-bit flips, byte overwrites, truncation, extension, header-field edits and payload scrambles — most of them
+bit flips, byte overwrites, truncation, extension, header-field edits, forged item counts (up to 2^24, the
+decompression bomb of issue 19) and payload scrambles — most of them
 followed by re-computing the CRC, or the CRC alone would reject nearly everything and the decoders behind it
-would never be reached. Records inputs, inputs/s, the slowest input and any crasher (saved under
-``tests/fuzz_corpus/`` for a regression test).
+would never be reached. ``receive`` runs with its one-upload default bound (``RECEIVE_MAX_ITEMS``). Records
+inputs, inputs/s, the slowest input, the peak RSS and any crasher (saved under ``tests/fuzz_corpus/`` for a
+regression test).
 
     python bench/fuzz_bitstream.py --seconds 600
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import resource
 import struct
 import sys
 import time
@@ -39,7 +42,12 @@ def fix_crc(body: bytes) -> bytes:
 
 def mutate(blob: bytes, rng: random.Random) -> bytes:
     body = bytearray(blob[:-4])
-    kind = rng.randrange(8)
+    kind = rng.randrange(9)
+    if kind == 8:  # a forged item count, CRC fixed: small, just over the bound, or a bomb
+        fields = list(_FIXED.unpack_from(body, 0))
+        fields[6] = rng.choice([1, 2, 4, 16, 17, 1 << 10, 1 << 19, 1 << 24, (1 << 24) + 1, rng.randrange(1, 1 << 32)])
+        body[: _FIXED.size] = _FIXED.pack(*fields)
+        return fix_crc(bytes(body))
     if kind == 0:  # bit flips, CRC left stale
         b = bytearray(blob)
         for _ in range(rng.randint(1, 8)):
@@ -113,7 +121,8 @@ def main() -> None:
     wall = time.time() - t0
     res = {"seeds": len(seeds), "inputs": n, "seconds": round(wall, 1), "inputs_per_s": n / wall, "decoded_ok": accepted,
            "rejected_with_BitstreamError": rejected, "other_exceptions": len(crashers), "crashers": crashers[:20],
-           "slowest_input_s": slowest[0], "slowest_input_len": len(slowest[1])}
+           "slowest_input_s": slowest[0], "slowest_input_len": len(slowest[1]),
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     record("fuzz_bitstream", res)
     print({k: v for k, v in res.items() if k != "crashers"})
     if crashers:

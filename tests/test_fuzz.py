@@ -50,3 +50,65 @@ def test_corpus_inputs_are_refused():
     for f in files:
         with pytest.raises(BitstreamError):
             receive(f.read_bytes())
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "codecs" / "semcomp-tiny-clip"
+
+
+def _forge_count(blob: bytes, count: int) -> bytes:
+    from semcomp.bitstream import _FIXED
+
+    body = bytearray(blob[:-4])
+    f = list(_FIXED.unpack_from(body, 0))
+    f[6] = count
+    body[: _FIXED.size] = _FIXED.pack(*f)
+    return bytes(body) + struct.pack("<I", zlib.crc32(bytes(body)))
+
+
+def test_forged_counts_on_every_shipped_codec_are_refused_without_memory_or_time():
+    """Issue 19's decompression bomb: a tiny .scf announcing up to 2^24 items (CRC fixed). Every shipped codec,
+    every coder: receive() refuses it by its one-upload default, decompress() by the default decoded-bytes bound
+    or the caller's max_items, each with BitstreamLimitError naming the limit, before decoding anything; the
+    whole batch raises the peak RSS by less than 100 MB and takes seconds, not minutes."""
+    import time
+
+    import torch
+
+    from rss import peak_rss_growth
+    from semcomp import BitstreamLimitError
+    from semcomp.bitstream import MAX_COUNT
+    from semcomp.codecs import load_codec
+    from semcomp.receiver import RECEIVE_MAX_ITEMS
+
+    folders = sorted(p for p in SHIPPED.iterdir() if (p / "config.json").exists())
+    assert len(folders) >= 28
+    g = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(2, 512, generator=g), dim=-1)
+    cases = []  # (codec, forged blob, coder): every codec and coder loaded and encoded before measuring
+    for i, folder in enumerate(folders):
+        codec = load_codec(folder)
+        for coder in ("raw", "huffman", "ans"):
+            blob = codec.compress(x, coder)
+            cases.append((codec, blob, coder))
+    refused = {"max_items": 0, "max_decoded_bytes": 0, "MAX_COUNT": 0}
+    t0 = time.perf_counter()
+    with peak_rss_growth() as mem:
+        for j, (codec, blob, coder) in enumerate(cases):
+            big = [1 << 19, 1 << 24][j % 2]  # the issue's 64-byte file had 2^19; 2^24 is the format's maximum
+            for count, call, name in [
+                (RECEIVE_MAX_ITEMS + 1, lambda b: receive(b), "max_items"),
+                (big, lambda b: receive(b), "max_items"),
+                (big, lambda b: receive(b, max_items=None), "max_decoded_bytes"),
+                (big, lambda b: codec.decompress(b), "max_decoded_bytes"),
+                (MAX_COUNT + 1, lambda b: codec.decompress(b), "MAX_COUNT"),
+                (3, lambda b: codec.decompress(b, max_items=2), "max_items"),
+            ]:
+                with pytest.raises(BitstreamLimitError) as e:
+                    call(_forge_count(blob, count))
+                assert e.value.limit_name == name, (codec.spec, coder, count, str(e.value))
+                assert name in str(e.value)
+                refused[name] += 1
+    seconds = time.perf_counter() - t0
+    assert refused == {"max_items": 3 * len(cases), "max_decoded_bytes": 2 * len(cases), "MAX_COUNT": len(cases)}
+    assert mem["bytes"] < 100e6, f"forged counts raised the peak RSS by {mem['bytes'] / 1e6:.0f} MB"
+    assert seconds < 30, f"refusing {sum(refused.values())} forged bitstreams took {seconds:.1f} s"
