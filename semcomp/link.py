@@ -12,6 +12,7 @@ from .backbone import Backbone
 from .bitstream import unpack
 from .codecs import Codec
 from .entropy import coder_name
+from .framing import LORA_MAX_FRAME, FrameReceiver, FrameSender
 
 
 @dataclass
@@ -44,6 +45,15 @@ class SemanticLink:
         blob = self.send_feature(f)
         _, payload = unpack(blob)
         return Transmission(blob, self.codec.bits, 8 * len(payload), f, self.receive(blob))
+
+    # ---- framed streams for constrained links (semcomp.framing): the codec announced once, then payload + 3 bytes
+    def sender(self, coding: str = "huffman", max_frame: int = LORA_MAX_FRAME, stream_id: bytes | None = None) -> FrameSender:
+        """``s = link.sender(); s.announce()`` once, then ``s.frame(image_or_feature)`` per message."""
+        return FrameSender(self.codec, coding, max_frame, stream_id, embed=lambda image: self.backbone.encode_images([image])[0])
+
+    def receiver(self, announce: bytes) -> FrameReceiver:
+        """``r = link.receiver(announce)``, then ``r.accept(frame)`` -> ``Delivery`` (``.feature`` when it passed every check)."""
+        return FrameReceiver(self.codec, announce)
 
     @staticmethod
     def coder_of(blob: bytes) -> str:
