@@ -7,7 +7,7 @@ import torch
 
 from ..weights import file_sha256, parse_json_object, read_card, read_json_bytes, verify_config_bytes
 from .aesq import AutoencoderScalarQuantizer
-from .base import MAX_SPEC_LEN, Codec, CodecError, fixed_bits
+from .base import MAX_SPEC_LEN, Codec, CodecError, fixed_bits, short
 from .dsq import DirectScalarQuantizer
 from .fsq import FSQCodec
 from .vq import PQVAE, VQVAE
@@ -27,10 +27,10 @@ def create_codec(spec: str, dim: int, **overrides) -> Codec:
     Absurd specs are refused before anything is allocated, with a CodecError naming the limit
     (``base.MAX_STATE_NUMEL``, ``MAX_SYMBOL_TABLE``, ``MAX_DIM``, ``MAX_PARAM``)."""
     if not isinstance(spec, str) or len(spec) > MAX_SPEC_LEN:
-        raise CodecError(f"a codec spec is a string of at most {MAX_SPEC_LEN} characters, got {str(spec)[:80]!r}")
+        raise CodecError(f"a codec spec is a string of at most {MAX_SPEC_LEN} characters, got {short(spec)}")
     family = spec.split("-", 1)[0]
     if family not in CODECS:
-        raise CodecError(f"unknown codec family {family!r} in spec {spec!r}; known: {list_codecs()}")
+        raise CodecError(f"unknown codec family {short(family)} in spec {short(spec)}; known: {list_codecs()}")
     cls = CODECS[family]
     params = cls.parse_spec(spec)
     if params is None:
@@ -50,22 +50,22 @@ def _check_config(cfg: dict, where: Path) -> type[Codec]:
     missing = sorted(set(_CONFIG_KEYS) - set(cfg))
     unknown = sorted(set(cfg) - set(_CONFIG_KEYS) - set(_OPTIONAL_KEYS))
     if missing or unknown:
-        raise CodecError(f"bad codec config {where}: missing keys {missing}, unknown keys {unknown}; "
+        raise CodecError(f"bad codec config {where}: missing keys {missing}, unknown keys {short(unknown)}; "
                          f"expected {sorted(_CONFIG_KEYS)} plus optional {sorted(_OPTIONAL_KEYS)}")
     for k, t in {**_CONFIG_KEYS, **_OPTIONAL_KEYS}.items():
         if k in cfg and (not isinstance(cfg[k], t) or isinstance(cfg[k], bool)):
-            raise CodecError(f"bad codec config {where}: {k} must be {t.__name__}, got {str(cfg[k])[:40]!r}")
+            raise CodecError(f"bad codec config {where}: {k} must be {t.__name__}, got {short(cfg[k])}")
     if cfg["family"] not in CODECS:
-        raise CodecError(f"bad codec config {where}: unknown family {cfg['family'][:40]!r}; known: {list_codecs()}")
+        raise CodecError(f"bad codec config {where}: unknown family {short(cfg['family'])}; known: {list_codecs()}")
     cls = CODECS[cfg["family"]]
     params = cfg["params"]
     if set(params) != cls.param_names():
         raise CodecError(f"bad codec config {where}: {cls.family} params must be exactly {sorted(cls.param_names())}, "
-                         f"got {sorted(str(k)[:20] for k in params)}")
+                         f"got {short(sorted(params))}")
     cls.check_size(cfg["dim"], params)  # types, ranges, parameter count: pure arithmetic
     from_spec = cls.parse_spec(cfg["spec"])
     if from_spec is None or any(params[k] != v for k, v in from_spec.items()):
-        raise CodecError(f"bad codec config {where}: spec {cfg['spec'][:40]!r} does not match params {params}")
+        raise CodecError(f"bad codec config {where}: spec {short(cfg['spec'])} does not match params {short(params, 80)}")
     if len(cfg.get("backbone", "").encode()) > 255:
         raise CodecError(f"bad codec config {where}: backbone name over 255 bytes")
     return cls

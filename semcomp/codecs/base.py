@@ -41,6 +41,12 @@ def fixed_bits(num_symbols: int, alphabet: int) -> int:
     return int(num_symbols * round(math.log2(alphabet)))
 
 
+def short(v, n: int = 40) -> str:
+    """``repr(v)`` cut to ``n`` characters: error messages stay one short line whatever a file holds."""
+    r = repr(v)
+    return r if len(r) <= n else r[: n - 3] + "..."
+
+
 def require_power_of_two(name: str, value: int) -> None:
     if value < 2 or value & (value - 1):
         raise CodecError(f"{name} must be a power of two >= 2, got {value}")
@@ -115,14 +121,14 @@ class Codec(nn.Module):
         """Refuse, with a CodecError naming the bad value and the limit, params that are not positive ints in
         range or a codec that would be too large; returns the state size. Pure arithmetic: nothing allocated."""
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
-            raise CodecError(f"feature dimension must be an int, got {dim!r}")
+            raise CodecError(f"feature dimension must be an int, got {short(dim)}")
         if not 2 <= dim <= MAX_DIM:
-            raise CodecError(f"feature dimension {dim} out of range 2..{MAX_DIM} (MAX_DIM)")
+            raise CodecError(f"feature dimension {short(dim)} out of range 2..{MAX_DIM} (MAX_DIM)")
         for k, v in params.items():
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                raise CodecError(f"{cls.family} param {k} must be an int, got {v!r}")
+                raise CodecError(f"{cls.family} param {short(k)} must be an int, got {short(v)}")
             if not 1 <= v <= MAX_PARAM:
-                raise CodecError(f"{cls.family} param {k}={v} out of range 1..{MAX_PARAM} (MAX_PARAM)")
+                raise CodecError(f"{cls.family} param {k}={short(v)} out of range 1..{MAX_PARAM} (MAX_PARAM)")
         p = {k: int(v) for k, v in params.items()}
         n, k = cls.symbol_shape(int(dim), p)
         if n * k > MAX_SYMBOL_TABLE:
