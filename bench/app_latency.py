@@ -2,11 +2,12 @@
 labels + caption + segmentation of a 512 px image in <= 3 s; generation in <= 30 s).
 
     python bench/app_latency.py
-Calls the same ``Demo`` methods the Gradio endpoints call (no browser, no network), after one warm-up.
+Calls ``semcomp.demo.Demo`` — the same methods the Gradio endpoints call (no browser, no network) — after one
+warm-up, and records the machine's load average before and after (other work on the machine slows every step).
 """
 from __future__ import annotations
 
-import importlib.util
+import os
 import statistics
 import sys
 import time
@@ -21,37 +22,42 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
-    spec = importlib.util.spec_from_file_location("app", ROOT / "app.py")
-    app = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(app)
+    from semcomp.demo import Demo
+
+    load_before = os.getloadavg()
     t0 = time.perf_counter()
-    demo = app.Demo("semcomp-tiny-clip")
+    demo = Demo()
     load_s = time.perf_counter() - t0
     img = Image.open(ROOT / "assets" / "examples" / "kodim23.jpg").convert("RGB")
     img = img.resize((512, round(512 * img.height / img.width)), Image.BICUBIC)
-    res = {"image": f"assets/examples/kodim23.jpg resized to {img.size[0]}x{img.size[1]}", "demo_init_s": load_s}
-    for name, args in {"transmit (compress + labels + caption + segmentation)": ("fsq", 64, "auto", "Tiny-ImageNet-200", "", "the parrot"),
+    res = {"image": f"assets/examples/kodim23.jpg resized to {img.size[0]}x{img.size[1]}", "demo_init_s": load_s,
+           "loadavg_1_5_15_before": load_before}
+    for name, args in {"transmit (compress + labels + caption + segmentation + same-bytes pixels)":
+                       ("fsq", 64, "auto", "Tiny-ImageNet-200", "", "the parrot"),
                        "transmit without a command": ("fsq", 64, "auto", "Tiny-ImageNet-200", "", "")}.items():
-        demo.run(img, *args)  # warm-up: loads heads, builds the label set's text features
-        t = []
+        demo.transmit(img, *args)  # warm-up: loads heads, builds the label set's text features
+        t, steps = [], []
         for _ in range(5):
             t0 = time.perf_counter()
-            demo.run(img, *args)
+            r = demo.transmit(img, *args)
             t.append(time.perf_counter() - t0)
-        res[name] = {"median_s": statistics.median(t), "runs_s": t}
+            steps.append(r.timings)
+        res[name] = {"median_s": statistics.median(t), "runs_s": t,
+                     "steps_median_s": {k: statistics.median(s[k] for s in steps) for k in steps[0]}}
     t = []
     for i in range(3):
         t0 = time.perf_counter()
         demo.generate(img, "fsq", 64, "auto", i, 20, 3.0)
         t.append(time.perf_counter() - t0)
     res["generate both images (20 steps, guidance 3)"] = {"median_s": statistics.median(t), "runs_s": t}
-    scf = demo.run(img, "fsq", 64, "auto", "Tiny-ImageNet-200", "", "")[3]
+    blob = demo.transmit(img, "fsq", 64, "auto", "Tiny-ImageNet-200", "", "").blob
     t = []
     for i in range(3):
         t0 = time.perf_counter()
-        demo.receive(scf, "Tiny-ImageNet-200", "", False, 0, 20, 3.0)
+        demo.receive(blob, "Tiny-ImageNet-200", "", False, 0, 20, 3.0)
         t.append(time.perf_counter() - t0)
     res["receive .scf (labels + caption)"] = {"median_s": statistics.median(t), "runs_s": t}
+    res["loadavg_1_5_15_after"] = os.getloadavg()
     record("app_latency", res)
     for k, v in res.items():
         print(k, v if not isinstance(v, dict) else f"{v['median_s']:.3f} s")

@@ -50,6 +50,7 @@ def main() -> None:
     from gradio_client import Client, handle_file
 
     port = free_port()
+    load_before = os.getloadavg()
     t0 = time.time()
     proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=dict(os.environ, GRADIO_ANALYTICS_ENABLED="False"))
@@ -81,8 +82,8 @@ def main() -> None:
             ok, msg = True, ""
             try:
                 if kind == "transmit+segment":
-                    c.predict(img, rng.choice(["fsq", "pqvae", "aesq"]), rng.choice([32, 64, 256, 600]), "auto", "Tiny-ImageNet-200", "",
-                              "the main object", api_name="/transmit")
+                    fam, bits = rng.choice([("fsq", 64), ("fsq", 256), ("pqvae", 32), ("pqvae", 128), ("aesq", 600)])
+                    c.predict(img, fam, bits, "auto", "Tiny-ImageNet-200", "", "the main object", api_name="/transmit")
                 elif kind == "transmit":
                     c.predict(img, "pqvae", 128, "ans", "ImageNet-1k", "", "", api_name="/transmit")
                 elif kind == "receive":
@@ -105,6 +106,7 @@ def main() -> None:
     still = bool(Client(url, verbose=False).predict(handle_file(str(EXAMPLES[1])), "fsq", 64, "auto", "Tiny-ImageNet-200", "", "",
                                                     api_name="/transmit")[0])
     peak = vm(proc.pid, "VmHWM")
+    load_after = os.getloadavg()
     proc.terminate()
     proc.wait(timeout=30)
     bad_kinds = {"bad .scf", "empty labels"}
@@ -112,7 +114,7 @@ def main() -> None:
     for k in sorted({r["kind"] for r in results}):
         ts = sorted(r["s"] for r in results if r["kind"] == k)
         per_kind[k] = {"n": len(ts), "p50_s": statistics.median(ts), "p95_s": ts[min(len(ts) - 1, int(0.95 * len(ts)))]}
-    res = {"clients": a.clients, "requests_per_client": a.requests, "wall_s": wall, "time_to_first_page_s": first_page_s,
+    res = {"loadavg_1_5_15_before": load_before, "loadavg_1_5_15_after": load_after, "clients": a.clients, "requests_per_client": a.requests, "wall_s": wall, "time_to_first_page_s": first_page_s,
            "rss_after_start_mib": rss_idle, "peak_rss_mib": peak,
            "valid_requests": sum(r["kind"] not in bad_kinds for r in results),
            "failed_valid_requests": [r for r in results if r["kind"] not in bad_kinds and not r["ok"]],

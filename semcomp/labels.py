@@ -33,3 +33,37 @@ def downloadable_label_set(name: str, root: str | Path | None = None) -> list[st
     CACHE.mkdir(parents=True, exist_ok=True)
     cached.write_text(json.dumps(names))
     return names
+
+
+# ----------------------------------------------------------------------------- bounds on what a user types
+MAX_LABELS = 2000  # one custom list; the text tower encodes ~400 labels/s on 2 CPU cores
+MAX_LABEL_CHARS = 100  # one label
+MAX_LABELS_TEXT = 50_000  # the whole comma-separated text, checked before it is split
+
+
+def parse_custom_labels(text: str | None, max_labels: int = MAX_LABELS) -> list[str]:
+    """``"cat, dog, fire truck"`` -> ``["cat", "dog", "fire truck"]`` (stripped, empty items dropped, duplicates
+    kept once in order). Raises LabelSetError naming the limit for empty, too many or too long labels."""
+    text = text or ""
+    if len(text) > MAX_LABELS_TEXT:
+        raise LabelSetError(f"the custom label text is {len(text):,} characters long; the limit is {MAX_LABELS_TEXT:,}")
+    names = list(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
+    if not names:
+        raise LabelSetError("enter at least one comma-separated label (e.g. \"cat, dog, fire truck\")")
+    if len(names) > max_labels:
+        raise LabelSetError(f"{len(names):,} custom labels; the limit is {max_labels:,} (each label's text feature is "
+                            f"computed per request)")
+    long = [n for n in names if len(n) > MAX_LABEL_CHARS]
+    if long:
+        raise LabelSetError(f"a label is {len(long[0])} characters long; keep each under {MAX_LABEL_CHARS} "
+                            f"(starts {long[0][:30]!r})")
+    return names
+
+
+def builtin_label_sets(root: str | Path | None = None) -> dict[str, list[str]]:
+    """The label sets that need no download: Tiny-ImageNet-200 (``assets/labels``) and ImageNet-1k (open_clip)."""
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+    root = Path(root) if root else Path(__file__).resolve().parents[1]
+    tin = json.loads((root / "assets" / "labels" / "tiny-imagenet-200.json").read_text())
+    return {"Tiny-ImageNet-200": [c["name"] for c in tin], "ImageNet-1k": list(IMAGENET_CLASSNAMES)}
