@@ -16,10 +16,53 @@ class CLIError(Exception):
     pass
 
 
+MAX_INPUT_BYTES = 4 << 30  # a .scf / .scfs / feature file / image larger than this is refused before reading
+
+
+def _input_file(path: str | Path, what: str = "input", max_bytes: int = MAX_INPUT_BYTES) -> Path:
+    """A path that must be an existing regular file of at most ``max_bytes``: directories, devices such as
+    /dev/zero (endless) and FIFOs are refused before anything is read."""
+    import stat
+
+    p = Path(path)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise CLIError(f"{what} not found: {p}") from None
+    except OSError as e:
+        raise CLIError(f"cannot open {what} {p}: {e.strerror or e}") from e
+    if stat.S_ISDIR(st.st_mode):
+        raise CLIError(f"{what} {p} is a directory, expected a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise CLIError(f"{what} {p} is not a regular file (a device, FIFO or socket)")
+    if st.st_size > max_bytes:
+        raise CLIError(f"{what} {p} is {st.st_size:,} bytes, over the {max_bytes:,}-byte limit")
+    return p
+
+
+def _read_input(path: str | Path, what: str = "input", max_bytes: int = MAX_INPUT_BYTES) -> bytes:
+    p = _input_file(path, what, max_bytes)
+    try:
+        with open(p, "rb") as f:
+            data = f.read(max_bytes + 1)  # bounded even if the file grew after stat
+    except OSError as e:
+        raise CLIError(f"cannot read {what} {p}: {e.strerror or e}") from e
+    if len(data) > max_bytes:
+        raise CLIError(f"{what} {p} is over the {max_bytes:,}-byte limit")
+    return data
+
+
 def _check_out(path: Path, force: bool) -> None:
+    if path.is_dir():
+        raise CLIError(f"{path} is a directory; give a file name")
+    if path.exists() and not path.is_file():  # /dev/full, a FIFO: never replaced, even with --force
+        raise CLIError(f"{path} exists and is not a regular file; give another name")
     if path.exists() and not force:
         raise CLIError(f"{path} exists; pass --force to overwrite")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CLIError(f"cannot create the folder for {path}: {e.strerror or e}") from e
 
 
 def _atomic_write(out: Path, data: bytes) -> None:
@@ -30,7 +73,24 @@ def _atomic_write(out: Path, data: bytes) -> None:
         tmp.replace(out)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise CLIError(f"could not write {out}: {e}") from e
+        raise CLIError(f"could not write {out}: {e.strerror or e}") from e
+
+
+def _image_bytes(image, path: Path) -> bytes:
+    """A PIL image encoded in the format its file name asks for (.png, .jpg, ...), in memory."""
+    import io
+
+    from PIL import Image
+
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise CLIError(f"cannot tell an image format from {path.name!r}; use a name ending in .png or .jpg")
+    buf = io.BytesIO()
+    try:
+        image.save(buf, format=fmt)
+    except (OSError, ValueError, KeyError) as e:
+        raise CLIError(f"cannot write {path.name} as {fmt}: {e}") from e
+    return buf.getvalue()
 
 
 def _select(fs, split_name: str | None, part: str):
@@ -80,7 +140,7 @@ def cmd_train(a) -> None:
     from .training.codec import train_codec
 
     torch.set_num_threads(a.threads) if a.threads else None
-    fs = _select(load_features(a.features), a.split_name, "train")
+    fs = _select(load_features(_input_file(a.features, "feature file")), a.split_name, "train")
     for spec in a.spec:
         out = Path(a.out_dir) / spec
         if (out / "model.safetensors").exists() and not a.force:
@@ -102,7 +162,7 @@ def cmd_eval(a) -> None:
     from .evaluation import embedding_spread, evaluate_codec
     from .heads.zeroshot import ZeroShotClassifier
 
-    fs = load_features(a.features)
+    fs = load_features(_input_file(a.features, "feature file"))
     text = fs.metadata["_extra"].get("text_features")
     names = fs.metadata.get("class_names", [])
     rows = []
@@ -145,7 +205,7 @@ def cmd_encode(a) -> None:
     out = Path(a.out)
     _check_out(out, a.force)
     codec = load_codec(a.codec)
-    fs = load_features(a.features)
+    fs = load_features(_input_file(a.features, "feature file"))
     blob = codec.compress(fs.features, a.coder, a.precision)
     _atomic_write(out, blob)
     logger.info("%d features -> %d bytes (%.1f bits/feature; fixed %d)", len(fs.features), len(blob), 8 * len(blob) / len(fs.features), codec.bits)
@@ -157,12 +217,14 @@ def cmd_decode(a) -> None:
 
     out = Path(a.out)
     _check_out(out, a.force)
-    src = Path(a.input)
-    if not src.exists():
-        raise CLIError(f"input not found: {src}")
+    blob = _read_input(a.input, ".scf input")
     codec = load_codec(a.codec)
-    feats = codec.decompress(src.read_bytes())
-    save_features(out, FeatureSet(feats.numpy(), np.full(len(feats), -1), {"backbone": codec.backbone, "decoded_by": codec.spec}))
+    feats = codec.decompress(blob, max_items=a.max_items)
+    try:
+        save_features(out, FeatureSet(feats.numpy(), np.full(len(feats), -1), {"backbone": codec.backbone, "decoded_by": codec.spec}))
+    except OSError as e:  # unwritable or full: leave no partial file behind
+        out.with_name(out.name + ".tmp").unlink(missing_ok=True)
+        raise CLIError(f"could not write {out}: {e.strerror or e}") from e
     logger.info("decoded %d features -> %s", len(feats), out)
 
 
@@ -203,6 +265,7 @@ def _open_image(path: str):
 
     from .images import prepare_image
 
+    _input_file(path, "image", max_bytes=256 << 20)
     try:
         with Image.open(path) as im:
             return prepare_image(im)
@@ -232,41 +295,84 @@ def cmd_send(a) -> None:
 
     out = Path(a.out)
     _check_out(out, a.force)
+    images = [_open_image(p) for p in a.images]  # every input checked before the models load
     bb = load_backbone(a.backbone)
     codec = _shipped_codec(bb.name, a.codec, a.bits)
-    feats = bb.encode_images([_open_image(p) for p in a.images])
-    blob = codec.compress(feats, a.coder)
-    _atomic_write(out, blob)
-    print(f"{len(a.images)} image(s) -> {out}: {len(blob)} bytes with {codec.spec} ({codec.bits} bits fixed per image)")
+    feats = bb.encode_images(images)
+    if not a.framed:
+        blob = codec.compress(feats, a.coder)
+        _atomic_write(out, blob)
+        print(f"{len(a.images)} image(s) -> {out}: {len(blob)} bytes with {codec.spec} ({codec.bits} bits fixed per image)")
+        return
+    from .framing import FrameSender, write_stream
+
+    sender = FrameSender(codec, a.coding, a.max_frame)  # FrameError (exit 2) when the codec cannot fit the link
+    frames = [sender.frame(f) for f in feats]
+    _atomic_write(out, write_stream(sender.announce(), frames))
+    scf = len(codec.compress(feats[:1], "auto"))
+    print(f"{len(frames)} image(s) -> {out}: one {len(sender.announce())}-byte announce + frames of "
+          f"{min(map(len, frames))}-{max(map(len, frames))} bytes ({sum(map(len, frames)) / len(frames):.1f} on average; "
+          f"a one-image .scf is {scf} bytes) with {codec.spec} ({codec.bits} bits fixed per image, {a.coding} coding)")
+
+
+def _receive_framed(blob: bytes, max_items: int | None):
+    """A .scfs byte stream -> (codec, delivered features, per-frame report)."""
+    import torch
+
+    from .framing import FrameReceiver, codec_for_announce, read_announce, read_stream
+
+    codec = codec_for_announce(read_announce(blob))
+    stream = read_stream(blob, codec)
+    if max_items is not None and len(stream.frames) > max_items:
+        raise CLIError(f"the stream holds {len(stream.frames)} frames, over --max-items {max_items}")
+    rx = FrameReceiver(codec, stream.announce)
+    report, feats = [], []
+    for i, frame in enumerate(stream.frames):
+        d = rx.accept(frame)
+        report.append({"frame": i, "seq": d.seq, "status": d.status, **({"missing": list(d.missing)} if d.missing else {}),
+                       **({"reason": d.reason} if d.reason else {})})
+        if d.ok:
+            feats.append(d.feature)
+    if stream.trailing:
+        report.append({"frame": len(stream.frames), "status": "truncated",
+                       "reason": f"{len(stream.trailing)} bytes at the end do not form a whole frame"})
+    summary = {"frames": len(stream.frames), "delivered": rx.stats.delivered, "rejected": rx.stats.rejected,
+               "missing": rx.stats.gaps, "truncated_bytes": len(stream.trailing), "report": report}
+    return codec, (torch.stack(feats) if feats else torch.zeros(0, codec.dim)), summary
 
 
 def cmd_receive(a) -> None:
     from PIL import Image
 
     from .backbone import load_backbone
+    from .framing import FILE_MAGIC
     from .heads.zeroshot import ZeroShotClassifier
     from .receiver import load_head, receive
 
-    src = Path(a.input)
-    if not src.exists():
-        raise CLIError(f"input not found: {src}")
-    codec, feats = receive(src.read_bytes())
+    if a.generate:
+        _check_out(Path(a.generate), a.force)
+    blob = _read_input(a.input, "input")
+    if blob[:4] == FILE_MAGIC:
+        codec, feats, stream = _receive_framed(blob, a.max_items)
+    else:
+        codec, feats = receive(blob, max_items=a.max_items)
+        stream = None
     bb = load_backbone(codec.backbone)
     names = [s.strip() for s in a.labels.split(",")] if a.labels else None
     default_labels = Path(__file__).resolve().parents[1] / "assets" / "labels" / "tiny-imagenet-200.json"
     if names is None and default_labels.exists():
         names = [c["name"] for c in json.loads(default_labels.read_text())]
-    out = {"codec": codec.spec, "bits": codec.bits, "items": []}
+    out = {"codec": codec.spec, "bits": codec.bits, **({"stream": stream} if stream else {}), "items": []}
     clf = ZeroShotClassifier.from_backbone(bb, names) if names else None
     cap = load_head("caption", codec.backbone)
-    captions = cap.caption(feats, beam=a.beam) if cap is not None else [None] * len(feats)
+    captions = cap.caption(feats, beam=a.beam) if cap is not None and len(feats) else [None] * len(feats)
     for i, f in enumerate(feats):
         item = {"caption": captions[i]}
         if clf is not None:
             r = clf.predict(f[None])[0]
             item["labels"] = [f"{l} ({p:.3f})" for l, p in zip(r.labels, r.probs)]
         out["items"].append(item)
-    if a.generate:
+    if a.generate and len(feats):
         kind, _, name = a.generator.partition(":")
         if kind == "embedded":
             gen = load_head("generate", codec.backbone)
@@ -283,8 +389,8 @@ def cmd_receive(a) -> None:
         else:
             raise CLIError(f"unknown generator {a.generator!r}; choose embedded, stable-unclip[:NAME] or karlo[:NAME]")
         for i, im in enumerate(imgs):
-            p = Path(a.generate if len(imgs) == 1 else f"{Path(a.generate).with_suffix('')}_{i}.png")
-            im.save(p)
+            p = Path(a.generate if len(imgs) == 1 else f"{Path(a.generate).with_suffix('')}_{i}{Path(a.generate).suffix}")
+            _atomic_write(p, _image_bytes(im, p))
             out["items"][i]["generated"] = str(p)
     print(json.dumps(out, indent=2))
 
@@ -297,15 +403,15 @@ def cmd_segment(a) -> None:
 
     out = Path(a.out)
     _check_out(out, a.force)
+    image = _open_image(a.image)
     bb = load_backbone(a.backbone)
     codec = _shipped_codec(bb.name, a.codec, a.bits)
-    image = _open_image(a.image)
     blob = codec.compress(bb.encode_text([a.command]), "auto")  # the command travels compressed too
-    command = codec.decompress(blob)[0]
+    command = codec.decompress(blob, max_items=1)[0]
     seg = TextSegmenter(bb, "sam+superpixels+boxes" if a.sam_checkpoint else "superpixels+boxes", a.sam_checkpoint,
                         sam_kwargs={"model_type": a.sam_type} if a.sam_checkpoint else None)
     r = seg.segment(image, command)
-    Image.fromarray(overlay(image, r)).save(out)
+    _atomic_write(out, _image_bytes(Image.fromarray(overlay(image, r)), out))
     print(json.dumps({"command": a.command, "command_bytes": len(blob), "codec": codec.spec, "score": float(r.scores[0]),
                       "box": [int(v) for v in r.boxes[0]], "peak": list(r.peak), "overlay": str(out)}, indent=2))
 
@@ -469,6 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--codec", required=True)
     de.add_argument("--in", dest="input", required=True)
     de.add_argument("--out", required=True)
+    de.add_argument("--max-items", type=int, help="refuse bitstreams announcing more items than this, before decoding "
+                    "(default: no count bound; decoding is still capped at 256 MiB of output)")
     de.add_argument("--force", action="store_true")
     de.set_defaults(func=cmd_decode)
 
@@ -562,11 +670,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--codec", help="shipped codec spec (default: the best measured at --bits)")
     s.add_argument("--bits", type=int, default=256)
     s.add_argument("--coder", default="auto", choices=["auto", "raw", "huffman", "ans"])
+    s.add_argument("--framed", action="store_true",
+                   help="write a frame stream (.scfs) for small radio links: the codec announced once, then one frame "
+                        "(payload + 3 bytes) per image; `semcomp receive` reads it")
+    s.add_argument("--coding", default="huffman", choices=["huffman", "raw"],
+                   help="with --framed: per-message Huffman (raw when not shorter) or raw fixed-length frames")
+    s.add_argument("--max-frame", type=int, default=51, help="with --framed: the link's largest frame in bytes (LoRa: 51)")
     s.add_argument("--out", required=True)
     s.add_argument("--force", action="store_true")
     s.set_defaults(func=cmd_send)
 
-    r = sub.add_parser("receive", help=".scf bitstream alone -> labels, caption, optional generated image")
+    r = sub.add_parser("receive", help=".scf bitstream or .scfs frame stream alone -> labels, caption, optional generated image")
     r.add_argument("input")
     r.add_argument("--labels", help="comma-separated labels (default: Tiny-ImageNet-200)")
     r.add_argument("--beam", type=int, default=1)
@@ -577,6 +691,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--steps", type=int, default=20)
     r.add_argument("--guidance", type=float, default=3.0)
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--max-items", type=int, default=1000,
+                   help="refuse inputs announcing more items than this, before decoding (a forged count is a decompression bomb)")
+    r.add_argument("--force", action="store_true", help="overwrite --generate's file")
     r.set_defaults(func=cmd_receive)
 
     g = sub.add_parser("segment", help="image + text command (sent compressed) -> best mask overlay")
@@ -611,11 +728,27 @@ def main(argv: list[str] | None = None) -> int:
     from .codecs import CodecError
     from .data import DataError
 
+    # Every failure ends in one line and exit 2 (as argparse's usage errors): a wrong input, a refused limit, an
+    # unwritable or full output. Anything else is a bug in semcomp: one line too, exit 1, traceback with -v.
     try:
         a.func(a)
-    except (CLIError, BitstreamError, CodecError, DataError, FileNotFoundError, ValueError) as e:
+    except (CLIError, BitstreamError, CodecError, DataError, ValueError) as e:
         logger.error("%s", e)
         return 2
+    except OSError as e:  # permission denied, disk full, read-only file system, ...
+        logger.error("%s%s", e.strerror or e, f": {e.filename}" if getattr(e, "filename", None) else "")
+        return 2
+    except MemoryError:
+        logger.error("out of memory (a smaller input, or a smaller --max-items, may fit)")
+        return 2
+    except KeyboardInterrupt:
+        logger.error("interrupted")
+        return 130
+    except Exception as e:  # noqa: BLE001 - the last line of defence against a traceback on a user's terminal
+        logger.error("internal error, please report it: %s: %s%s", type(e).__name__, e, "" if a.verbose else " (-v shows the traceback)")
+        if a.verbose:
+            logger.exception("traceback")
+        return 1
     return 0
 
 

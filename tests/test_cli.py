@@ -106,3 +106,127 @@ def test_a_full_disk_leaves_no_partial_output(tmp_path, feature_file, monkeypatc
     scf = tmp_path / "x.scf"
     assert main(["encode", "--codec", str(out / "fsq-c8l4"), "--features", str(feature_file), "--out", str(scf)]) == 2
     assert not scf.exists() and not (tmp_path / "x.scf.tmp").exists()
+
+
+# ----------------------------------------------------------------------------- every failure: one line, exit 2
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+GOLDFISH = ROOT / "assets" / "examples" / "tin_val_2253_goldfish.jpg"
+LEMON = ROOT / "assets" / "examples" / "tin_val_2616_lemon.jpg"
+SHIPPED = ROOT / "weights" / "codecs" / "semcomp-tiny-clip"
+
+
+def _fails_cleanly(capsys, caplog, argv, match):
+    """Exit 2 with one error line naming the problem, and no traceback."""
+    caplog.clear()
+    assert main(argv) == 2, argv
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "\n" not in errors[0] and match in errors[0], (argv, errors)
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_directories_and_devices_as_input_exit_2(tmp_path, feature_file, capsys, caplog):
+    codec = str(SHIPPED / "fsq-c32l4")
+    for bad, why in ((tmp_path, "is a directory"), ("/dev/zero", "not a regular file"), (tmp_path / "nope", "not found")):
+        _fails_cleanly(capsys, caplog, ["decode", "--codec", codec, "--in", str(bad), "--out", str(tmp_path / "d.st")], why)
+        _fails_cleanly(capsys, caplog, ["receive", str(bad)], why)
+        _fails_cleanly(capsys, caplog, ["encode", "--codec", codec, "--features", str(bad), "--out", str(tmp_path / "e.scf")], why)
+        _fails_cleanly(capsys, caplog, ["send", str(bad), "--out", str(tmp_path / "s.scf")], why)
+        _fails_cleanly(capsys, caplog, ["segment", str(bad), "--command", "a dog", "--out", str(tmp_path / "g.png")], why)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.safetensors"]  # nothing written, no temp files
+
+
+def test_unwritable_full_or_odd_outputs_exit_2_and_leave_nothing(tmp_path, capsys, caplog, monkeypatch):
+    import errno
+
+    import safetensors.numpy
+
+    codec = str(SHIPPED / "fsq-c32l4")
+    scf = tmp_path / "x.scf"
+    assert main(["send", str(GOLDFISH), "--codec", "fsq-c32l4", "--out", str(scf)]) == 0
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for cmd in (["decode", "--codec", codec, "--in", str(scf), "--out"], ["segment", str(GOLDFISH), "--command", "a fish", "--out"],
+                ["receive", str(scf), "--generate"]):
+        _fails_cleanly(capsys, caplog, cmd + [str(afile / "out.png")], "cannot create the folder")  # parent is a file
+        _fails_cleanly(capsys, caplog, cmd + [str(tmp_path), "--force"], "is a directory")
+        _fails_cleanly(capsys, caplog, cmd + ["/dev/null", "--force"], "not a regular file")  # never replaced
+    out_dir = tmp_path / "existing"
+    out_dir.mkdir()
+    _fails_cleanly(capsys, caplog, ["decode", "--codec", codec, "--in", str(scf), "--out", str(out_dir), "--force"], "is a directory")
+    assert not (tmp_path / "existing.tmp").exists() and out_dir.is_dir()
+
+    real = safetensors.numpy.save_file
+
+    def full_disk(tensors, path, metadata=None):
+        real(tensors, path, metadata)
+        with open(path, "r+b") as f:
+            f.truncate(10)  # half written, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", full_disk)
+    dec = tmp_path / "dec.safetensors"
+    _fails_cleanly(capsys, caplog, ["decode", "--codec", codec, "--in", str(scf), "--out", str(dec)], "No space left")
+    assert not dec.exists() and not (tmp_path / "dec.safetensors.tmp").exists()
+
+
+def test_full_disk_while_writing_generated_image_or_mask_exits_2(tmp_path, capsys, caplog, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    scf = tmp_path / "x.scf"
+    assert main(["send", str(GOLDFISH), "--codec", "fsq-c32l4", "--out", str(scf)]) == 0
+    real = Path.write_bytes
+
+    def full_disk(self, data):
+        real(self, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    _fails_cleanly(capsys, caplog, ["receive", str(scf), "--generate", str(tmp_path / "gen.png"), "--steps", "1"], "No space left")
+    _fails_cleanly(capsys, caplog, ["segment", str(GOLDFISH), "--command", "a fish", "--codec", "fsq-c32l4",
+                                    "--out", str(tmp_path / "seg.png")], "No space left")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.scf"]
+
+
+def test_receive_bounds_the_item_count_before_decoding(tmp_path, capsys, caplog):
+    import torch
+
+    from semcomp.codecs import load_codec
+
+    codec = load_codec(SHIPPED / "fsq-c32l4")
+    scf = tmp_path / "many.scf"
+    scf.write_bytes(codec.compress(torch.nn.functional.normalize(torch.randn(1001, codec.dim), dim=-1), "raw"))
+    _fails_cleanly(capsys, caplog, ["receive", str(scf)], "max_items=1000")
+    _fails_cleanly(capsys, caplog, ["receive", str(scf), "--max-items", "10"], "max_items=10")
+    _fails_cleanly(capsys, caplog, ["decode", "--codec", str(SHIPPED / "fsq-c32l4"), "--in", str(scf), "--max-items", "1000",
+                                    "--out", str(tmp_path / "d.safetensors")], "max_items=1000")
+    assert main(["decode", "--codec", str(SHIPPED / "fsq-c32l4"), "--in", str(scf), "--out", str(tmp_path / "d.safetensors")]) == 0
+
+
+def test_framed_send_and_receive(tmp_path, capsys, caplog):
+    """`send --framed` writes an announce + one frame per image; `receive` reads it and reports every frame."""
+    scfs = tmp_path / "x.scfs"
+    assert main(["send", str(GOLDFISH), str(LEMON), str(GOLDFISH), "--codec", "fsq-c32l4", "--framed", "--out", str(scfs)]) == 0
+    said = capsys.readouterr().out
+    assert "3 image(s)" in said and "one 36-byte announce" in said
+    data = scfs.read_bytes()
+    assert len(data) <= 4 + 1 + 36 + 3 * (1 + 8 + 3)  # magic, announce, frames of <= raw size after a length byte
+    assert main(["receive", str(scfs), "--labels", "goldfish, lemon, car"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["stream"]["delivered"] == 3 and [f["status"] for f in out["stream"]["report"]] == ["ok"] * 3
+    assert [i["labels"][0].split()[0] for i in out["items"]] == ["goldfish", "lemon", "goldfish"]
+    # raw coding: fixed 11-byte frames; one corrupted frame and a cut tail are reported, the rest delivered
+    assert main(["send", str(GOLDFISH), str(LEMON), str(GOLDFISH), "--codec", "fsq-c32l4", "--framed", "--coding", "raw",
+                 "--out", str(scfs), "--force"]) == 0
+    data = bytearray(scfs.read_bytes())
+    assert len(data) == 4 + 1 + 36 + 3 * 11
+    data[4 + 1 + 36 + 11 + 5] ^= 0x10  # a bit of the second frame's payload
+    scfs.write_bytes(bytes(data[:-4]))  # and the third frame cut short
+    capsys.readouterr()
+    assert main(["receive", str(scfs), "--labels", "goldfish, lemon, car"]) == 0
+    stream = json.loads(capsys.readouterr().out)["stream"]
+    assert [f["status"] for f in stream["report"]] == ["ok", "bad-crc", "truncated"] and stream["delivered"] == 1
+    # a codec too large for a 51-byte frame is refused with the reason
+    _fails_cleanly(capsys, caplog, ["send", str(GOLDFISH), "--codec", "fsq-c200l8", "--framed", "--coding", "raw",
+                                    "--out", str(tmp_path / "big.scfs")], "at most 51")
+    _fails_cleanly(capsys, caplog, ["receive", str(tmp_path / "big.scfs")], "not found")
