@@ -241,6 +241,9 @@ def cmd_train_caption(a) -> None:
     out = Path(a.out)
     _check_out(out / "model.safetensors", a.force)
     ckpt = Path(a.ckpt_dir) / out.name
+    for f, what in ((a.pairs, "--pairs file"), (a.init_from, "--init-from checkpoint")):
+        if f:
+            _input_file(f, what)
     if a.pairs:  # the user's own captioned images (COCO layout or CSV)
         from .training.caption_pairs import caption_pairs, train_pairs_captioner
 
@@ -351,7 +354,7 @@ def cmd_receive(a) -> None:
 
     if a.generate:
         _check_out(Path(a.generate), a.force)
-    blob = _read_input(a.input, "input")
+    blob = _read_input(a.input, "input", max_bytes=256 << 20)  # far above what --max-items lets through
     if blob[:4] == FILE_MAGIC:
         codec, feats, stream = _receive_framed(blob, a.max_items)
     else:
@@ -404,6 +407,8 @@ def cmd_segment(a) -> None:
     out = Path(a.out)
     _check_out(out, a.force)
     image = _open_image(a.image)
+    if a.sam_checkpoint:
+        _input_file(a.sam_checkpoint, "SAM checkpoint")
     bb = load_backbone(a.backbone)
     codec = _shipped_codec(bb.name, a.codec, a.bits)
     blob = codec.compress(bb.encode_text([a.command]), "auto")  # the command travels compressed too
@@ -514,6 +519,7 @@ def cmd_convert_clipcap(a) -> None:
 
     out = Path(a.out)
     _check_out(out / "model.safetensors", a.force)
+    _input_file(a.checkpoint, "checkpoint")
     convert_clipcap(a.checkpoint, out, a.tokenizer, n_head=a.n_head, input_scale=a.input_scale, backbone=a.backbone)
     print(f"converted {a.checkpoint} -> {out}")
 

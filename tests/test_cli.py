@@ -132,7 +132,12 @@ def test_directories_and_devices_as_input_exit_2(tmp_path, feature_file, capsys,
         _fails_cleanly(capsys, caplog, ["encode", "--codec", codec, "--features", str(bad), "--out", str(tmp_path / "e.scf")], why)
         _fails_cleanly(capsys, caplog, ["send", str(bad), "--out", str(tmp_path / "s.scf")], why)
         _fails_cleanly(capsys, caplog, ["segment", str(bad), "--command", "a dog", "--out", str(tmp_path / "g.png")], why)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.safetensors"]  # nothing written, no temp files
+        _fails_cleanly(capsys, caplog, ["segment", str(GOLDFISH), "--command", "a dog", "--sam-checkpoint", str(bad),
+                                        "--out", str(tmp_path / "g.png")], why)
+        _fails_cleanly(capsys, caplog, ["convert-clipcap", str(bad), "--out", str(tmp_path / "cc")], why)
+        _fails_cleanly(capsys, caplog, ["train-caption", "--pairs", str(bad), "--out", str(tmp_path / "tc")], why)
+    written = [p.name for p in tmp_path.rglob("*") if not p.is_dir()]
+    assert written == ["f.safetensors"]  # nothing written, no temp files
 
 
 def test_unwritable_full_or_odd_outputs_exit_2_and_leave_nothing(tmp_path, capsys, caplog, monkeypatch):
