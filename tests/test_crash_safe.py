@@ -27,17 +27,20 @@ def test_kill_9_mid_training_then_resume_matches_an_uninterrupted_run(tmp_path):
     x, y, centres = clustered_features(n_classes=10, per_class=200, dim=32)
     f = tmp_path / "f.safetensors"
     save_features(f, FeatureSet(x.numpy(), y.numpy(), {"backbone": "synthetic"}), extra={"text_features": centres.numpy()})
-    ckpt = tmp_path / "ck" / "fsq-c8l4.pt"
-    proc = subprocess.Popen(_train_cmd(f, tmp_path / "a", tmp_path / "ck"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ck = tmp_path / "ck"  # the run's checkpoint is ck/fsq-c8l4-<run key>.pt (keyed by features + settings)
+    proc = subprocess.Popen(_train_cmd(f, tmp_path / "a", ck), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+    while not list(ck.glob("fsq-c8l4-*.pt")) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)  # as hard as a crash gets, right after the first checkpoint
     proc.wait()
+    (ckpt,) = ck.glob("fsq-c8l4-*.pt")
     state = load_checkpoint(ckpt)
     assert state is not None and 1 <= state["epoch"] < 6, "the kill must land mid-run"
     assert not (tmp_path / "a" / "fsq-c8l4" / "model.safetensors").exists()
-    assert subprocess.run(_train_cmd(f, tmp_path / "a", tmp_path / "ck"), capture_output=True).returncode == 0  # resume
+    resumed = subprocess.run(_train_cmd(f, tmp_path / "a", ck), capture_output=True, text=True)
+    assert resumed.returncode == 0 and f"resumed after epoch {state['epoch']}" in resumed.stderr
+    assert not ckpt.exists(), "a finished run removes its checkpoint"
     assert subprocess.run(_train_cmd(f, tmp_path / "b", tmp_path / "ck2"), capture_output=True).returncode == 0  # no crash
     wa = load_file(str(tmp_path / "a" / "fsq-c8l4" / "model.safetensors"))
     wb = load_file(str(tmp_path / "b" / "fsq-c8l4" / "model.safetensors"))

@@ -1,7 +1,16 @@
 """Codec training (``semcomp train``): task-agnostic, cosine loss, checkpoint picked on held-out items of
-the *training* classes (never on the evaluation classes), entropy model fitted on training features only."""
+the *training* classes (never on the evaluation classes), entropy model fitted on training features only.
+
+Crash-safe and resumable, but only the same run resumes: the checkpoint file is keyed by a hash of the spec,
+the features (their sha256) and every hyper-parameter (``run_key``), the key is stored inside it and checked
+again on load, and the checkpoint is deleted once the run has finished. A later run on other features or with
+other settings therefore never picks up an earlier run's state (it once wrote weights bit-identical to another
+run's, under a card naming its own features).
+"""
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import time
@@ -34,13 +43,43 @@ def holdout_split(n: int, val_frac: float, seed: int) -> tuple[np.ndarray, np.nd
     return perm[k:], perm[:k]
 
 
+def features_sha256(features) -> str:
+    """sha256 of the features as float32 C-order bytes, shape included (what ``run_key`` and the card name)."""
+    a = np.ascontiguousarray(features.detach().cpu().numpy() if isinstance(features, torch.Tensor) else features,
+                             dtype=np.float32)
+    h = hashlib.sha256(json.dumps(list(a.shape)).encode())
+    h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
+def run_key(run: dict) -> str:
+    """The identity of a training run: sha256 of its spec, features hash and hyper-parameters."""
+    return hashlib.sha256(json.dumps(run, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def run_checkpoint_path(ckpt_path: str | Path, key: str) -> Path:
+    """Where the run with this key keeps its checkpoint: ``<dir>/<stem>-<key[:16]><suffix>`` next to the path
+    the caller named (``~/.cache/semcomp/codec-ckpt/pqvae-n200d16k8.pt`` -> ``pqvae-n200d16k8-1a2b...pt``)."""
+    p = Path(ckpt_path)
+    return p.with_name(f"{p.stem}-{key[:16]}{p.suffix or '.pt'}")
+
+
 def train_codec(spec: str, features: np.ndarray, epochs: int = 30, batch_size: int = 256, lr: float = 1e-3,
                 weight_decay: float = 0.0, seed: int = 0, val_frac: float = 0.1, ckpt_path: str | Path | None = None,
                 codec_kwargs: dict | None = None, progress: bool = True) -> tuple[Codec, dict]:
     """Train one codec on (N, D) L2-normalised features. Returns the best (by held-out cosine) codec and a
-    card with the training record. Resumes from ``ckpt_path`` if it exists."""
+    card with the training record (including ``features_sha256`` and ``run_key``).
+
+    With ``ckpt_path``, checkpoints go to ``run_checkpoint_path(ckpt_path, run_key)`` after every epoch; a run
+    with the same spec, features and hyper-parameters resumes from there, any other run starts fresh. The
+    checkpoint is deleted when the run finishes."""
     from tqdm import tqdm
 
+    run = {"spec": spec, "features_sha256": features_sha256(features), "epochs": epochs, "batch_size": batch_size,
+           "lr": lr, "weight_decay": weight_decay, "seed": seed, "val_frac": val_frac,
+           "codec_kwargs": dict(sorted((codec_kwargs or {}).items()))}
+    key = run_key(run)
+    ckpt = run_checkpoint_path(ckpt_path, key) if ckpt_path else None
     torch.manual_seed(seed)
     x_all = F.normalize(torch.as_tensor(features, dtype=torch.float32), dim=-1)
     tr_idx, va_idx = holdout_split(len(x_all), val_frac, seed)
@@ -53,8 +92,11 @@ def train_codec(spec: str, features: np.ndarray, epochs: int = 30, batch_size: i
     total = epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     start_epoch, history, best = 0, [], (-1.0, None)
-    state = load_checkpoint(ckpt_path) if ckpt_path else None
-    if state and state.get("spec") == spec:
+    state = load_checkpoint(ckpt) if ckpt else None
+    if state is not None and state.get("run_key") != key:  # a hash-prefix clash or a renamed file: never resume it
+        logger.warning("%s: checkpoint %s belongs to another run; starting fresh (it will be overwritten)", spec, ckpt)
+        state = None
+    if state is not None:
         # Buffers that the library resizes lazily must exist before load_state_dict.
         codec.load_state_dict(state["codec"])
         opt.load_state_dict(state["opt"])
@@ -63,7 +105,7 @@ def train_codec(spec: str, features: np.ndarray, epochs: int = 30, batch_size: i
         best = (state["best_cos"], state["best_state"])
         torch.set_rng_state(state["rng"])
         logger.info("%s: resumed after epoch %d", spec, start_epoch)
-    t0 = time.time() - (state["elapsed"] if state and state.get("spec") == spec else 0.0)
+    t0 = time.time() - (state["elapsed"] if state is not None else 0.0)
     for epoch in range(start_epoch, epochs):
         codec.train()
         perm = torch.randperm(len(x_tr))
@@ -82,10 +124,10 @@ def train_codec(spec: str, features: np.ndarray, epochs: int = 30, batch_size: i
         history.append({"epoch": epoch + 1, "train_loss": tot / steps_per_epoch, "val_cosine": val_cos})
         if val_cos > best[0]:
             best = (val_cos, {k: v.detach().clone() for k, v in codec.state_dict().items()})
-        if ckpt_path:
-            save_checkpoint({"spec": spec, "codec": codec.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+        if ckpt:
+            save_checkpoint({"spec": spec, "run_key": key, "run": run, "codec": codec.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                              "epoch": epoch + 1, "history": history, "best_cos": best[0], "best_state": best[1],
-                             "rng": torch.get_rng_state(), "elapsed": time.time() - t0}, ckpt_path)
+                             "rng": torch.get_rng_state(), "elapsed": time.time() - t0}, ckpt)
         logger.info("%s epoch %d: %s", spec, epoch + 1, history[-1])
     codec.load_state_dict(best[1])
     codec.eval()
@@ -96,5 +138,9 @@ def train_codec(spec: str, features: np.ndarray, epochs: int = 30, batch_size: i
         "train_items": int(len(x_tr)), "holdout_items": int(len(x_va)),
         "holdout_cosine": mean_cosine(codec, x_va), "wall_time_s": round(time.time() - t0, 1), "history": history,
         "params": int(sum(p.numel() for p in codec.parameters())),
+        "features_sha256": run["features_sha256"], "run_key": key,
     }
+    if ckpt:  # finished: nothing left to resume, and nothing a later run could pick up
+        ckpt.unlink(missing_ok=True)
+        logger.info("%s: finished; removed checkpoint %s", spec, ckpt)
     return codec, card
