@@ -283,3 +283,31 @@ def test_huffman_beats_raw_on_average_with_a_skewed_model(codec, symbols):
     raw = FrameSender(codec, "raw")
     huf = FrameSender(codec, "huffman")
     assert np.mean([len(huf.frame_symbols(x)) for x in symbols]) < np.mean([len(raw.frame_symbols(x)) for x in symbols])
+
+
+@PROPS
+@given(data=st.data())
+def test_mangled_byte_streams_raise_frame_error_or_report_never_crash(codec, feats, stream, data):
+    """Flips, cuts, inserted and deleted bytes anywhere in a .scfs stream: a FrameError, or frames that are
+    each reported; whatever is delivered is a sent message with its own feature."""
+    announce, frames = stream
+    blob = bytearray(write_stream(announce, frames[:12]))
+    for _ in range(data.draw(st.integers(1, 8))):
+        op = data.draw(st.sampled_from(["flip", "cut", "insert", "delete"]))
+        i = data.draw(st.integers(0, max(0, len(blob) - 1)))
+        if op == "flip" and blob:
+            blob[i] ^= 1 << data.draw(st.integers(0, 7))
+        elif op == "cut":
+            del blob[i:]
+        elif op == "insert":
+            blob[i:i] = data.draw(st.binary(min_size=1, max_size=4))
+        elif blob:
+            del blob[i]
+    try:
+        sf = read_stream(bytes(blob), codec)
+    except FrameError:
+        return
+    rx = FrameReceiver(codec, sf.announce)
+    delivered = [d for d in map(rx.accept, sf.frames) if d.ok]
+    assert len(delivered) <= 12 and len({d.seq for d in delivered}) == len(delivered)
+    assert all(d.seq < 12 and torch.allclose(d.feature, feats[d.seq], atol=1e-5) for d in delivered)
