@@ -76,15 +76,26 @@ def _atomic_write(out: Path, data: bytes) -> None:
         raise CLIError(f"could not write {out}: {e.strerror or e}") from e
 
 
-def _image_bytes(image, path: Path) -> bytes:
-    """A PIL image encoded in the format its file name asks for (.png, .jpg, ...), in memory."""
-    import io
-
+def _image_format(path: Path) -> str:
     from PIL import Image
 
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise CLIError(f"cannot tell an image format from {path.name!r}; use a name ending in .png or .jpg")
+    return fmt
+
+
+def _check_image_out(path: Path, force: bool) -> None:
+    """An output image path: checked (and its format known) before any work."""
+    _check_out(path, force)
+    _image_format(path)
+
+
+def _image_bytes(image, path: Path) -> bytes:
+    """A PIL image encoded in the format its file name asks for (.png, .jpg, ...), in memory."""
+    import io
+
+    fmt = _image_format(path)
     buf = io.BytesIO()
     try:
         image.save(buf, format=fmt)
@@ -353,7 +364,7 @@ def cmd_receive(a) -> None:
     from .receiver import load_head, receive
 
     if a.generate:
-        _check_out(Path(a.generate), a.force)
+        _check_image_out(Path(a.generate), a.force)
     blob = _read_input(a.input, "input", max_bytes=256 << 20)  # far above what --max-items lets through
     if blob[:4] == FILE_MAGIC:
         codec, feats, stream = _receive_framed(blob, a.max_items)
@@ -405,7 +416,7 @@ def cmd_segment(a) -> None:
     from .heads.segment import TextSegmenter, overlay
 
     out = Path(a.out)
-    _check_out(out, a.force)
+    _check_image_out(out, a.force)
     image = _open_image(a.image)
     if a.sam_checkpoint:
         _input_file(a.sam_checkpoint, "SAM checkpoint")

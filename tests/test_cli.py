@@ -155,6 +155,8 @@ def test_unwritable_full_or_odd_outputs_exit_2_and_leave_nothing(tmp_path, capsy
         _fails_cleanly(capsys, caplog, cmd + [str(afile / "out.png")], "cannot create the folder")  # parent is a file
         _fails_cleanly(capsys, caplog, cmd + [str(tmp_path), "--force"], "is a directory")
         _fails_cleanly(capsys, caplog, cmd + ["/dev/null", "--force"], "not a regular file")  # never replaced
+        if cmd[0] != "decode":
+            _fails_cleanly(capsys, caplog, cmd + [str(tmp_path / "out.xyz")], "image format")
     out_dir = tmp_path / "existing"
     out_dir.mkdir()
     _fails_cleanly(capsys, caplog, ["decode", "--codec", codec, "--in", str(scf), "--out", str(out_dir), "--force"], "is a directory")
