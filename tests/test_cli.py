@@ -237,3 +237,20 @@ def test_framed_send_and_receive(tmp_path, capsys, caplog):
     _fails_cleanly(capsys, caplog, ["send", str(GOLDFISH), "--codec", "fsq-c200l8", "--framed", "--coding", "raw",
                                     "--out", str(tmp_path / "big.scfs")], "at most 51")
     _fails_cleanly(capsys, caplog, ["receive", str(tmp_path / "big.scfs")], "not found")
+
+
+def test_an_unexpected_error_is_one_line_exit_1_traceback_only_with_v(tmp_path, capsys, caplog, monkeypatch):
+    import semcomp.cli as cli
+
+    def boom(a):
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(cli, "cmd_decode", boom)
+    argv = ["decode", "--codec", "c", "--in", "i", "--out", str(tmp_path / "o")]
+    caplog.clear()
+    assert main(argv) == 1
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "TypeError: a bug" in errors[0].getMessage() and errors[0].exc_info is None
+    caplog.clear()
+    assert main(["-v"] + argv) == 1
+    assert any(r.exc_info for r in caplog.records)  # -v: the traceback, for a bug report
