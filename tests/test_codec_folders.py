@@ -292,3 +292,24 @@ def test_size_formulas_match_the_built_codecs(spec):
     assert cls.state_numel(24, codec.params) == numel
     assert cls.symbol_shape(24, codec.params) == (codec.num_symbols, codec.alphabet)
     assert base.MAX_STATE_NUMEL >= 50 * 1_116_736  # far above the largest shipped codec
+
+
+def test_read_verified_card_checks_the_config_hash_and_refuses_bad_cards(good, tmp_path):
+    """The helper every weights folder uses (codecs, heads, backbones, pixel codecs): same signature as before,
+    plus the card's config_sha256 when it has one; a malformed card raises the caller's error type."""
+    from semcomp.weights import read_verified_card
+
+    class Mine(Exception):
+        pass
+
+    d = damaged(good, tmp_path, "dsq-b2", lambda d: None)
+    assert read_verified_card(d, "model.safetensors", Mine, True)["spec"] == "dsq-b2"
+    (d / "config.json").write_text((d / "config.json").read_text().replace('"dim": 32', '"dim": 33'))
+    with pytest.raises(Mine, match="config_sha256"):
+        read_verified_card(d, "model.safetensors", Mine)
+    assert read_verified_card(d, "model.safetensors", Mine, verify=False)["spec"] == "dsq-b2"
+    (d / "card.json").write_text("{broken")
+    with pytest.raises(Mine, match="not valid JSON"):
+        read_verified_card(d, error=Mine)
+    with pytest.raises(Mine, match="weights not found"):
+        read_verified_card(d, "nope.safetensors", Mine)

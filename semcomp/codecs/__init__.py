@@ -106,9 +106,10 @@ def load_codec(path: str | Path, verify: bool = True) -> Codec:
         codec = cls(cfg["dim"], **cfg["params"])
     except (TypeError, RuntimeError) as e:  # _check_config should have caught it; never a raw traceback
         raise CodecError(f"cannot build {cfg['spec']} from {cfg_path}: {e}") from e
-    if "num_symbols" in cfg and (cfg["num_symbols"], cfg.get("alphabet", codec.alphabet)) != (codec.num_symbols, codec.alphabet) \
-            or cfg.get("bits", codec.bits) != codec.bits:
-        raise CodecError(f"bad codec config {cfg_path}: num_symbols/alphabet/bits do not match {cfg['spec']}")
+    derived = {"num_symbols": codec.num_symbols, "alphabet": codec.alphabet, "bits": codec.bits}
+    wrong = {k: cfg[k] for k in derived if k in cfg and cfg[k] != derived[k]}
+    if wrong:
+        raise CodecError(f"bad codec config {cfg_path}: {short(wrong, 80)} do not match {cfg['spec']} ({derived})")
     codec.load_state_dict(_read_weights(w_path, codec))
     codec.backbone = cfg.get("backbone", "")
     codec.eval()
