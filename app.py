@@ -83,22 +83,23 @@ def image_input(**kwargs):
     checks the size before decoding, and a file that is not an image becomes a message, not a bare "Error"."""
     import gradio as gr
 
-    class ImagePath(gr.Image):
-        is_template = True  # the browser draws it as a plain gr.Image
+    component = gr.Image(type="filepath", image_mode=None, **kwargs)
+    base = component.preprocess
 
-        def preprocess(self, payload):
-            if payload is None:
-                return None
-            if getattr(payload, "path", None) and not (payload.url or "").startswith("data:"):
-                return payload.path
-            try:
-                return super().preprocess(payload)
-            except gr.Error:
-                raise
-            except Exception as e:
-                raise gr.Error(f"could not read the upload as an image: {e}") from None
+    def preprocess(payload):  # an instance attribute: a gr.Image subclass would make gradio write an app.pyi
+        if payload is None:
+            return None
+        if getattr(payload, "path", None) and not (payload.url or "").startswith("data:"):
+            return payload.path
+        try:
+            return base(payload)
+        except gr.Error:
+            raise
+        except Exception as e:
+            raise gr.Error(f"could not read the upload as an image: {e}") from None
 
-    return ImagePath(type="filepath", image_mode=None, **kwargs)
+    component.preprocess = preprocess
+    return component
 
 
 def stats_markdown(r, backbone: str) -> str:
@@ -200,20 +201,22 @@ def build(demo, scf_files: ScfFiles):
                     orig = gr.Label(num_top_classes=5, label="Zero-shot labels")
                     cap_o = gr.Textbox(label="Caption", interactive=False)
                     seg_o = gr.Image(label="Segmentation (float command)", interactive=False)
-                    gen_o = gr.Image(label="Generated image", interactive=False)
                 with gr.Column():
                     gr.Markdown("### Decoded from the bitstream")
                     dec = gr.Label(num_top_classes=5, label="Zero-shot labels")
                     cap_d = gr.Textbox(label="Caption", interactive=False)
                     seg_d = gr.Image(label="Segmentation (decoded command)", interactive=False)
-                    gen_d = gr.Image(label="Generated image", interactive=False)
+            seg_note = gr.Markdown()
+            gr.Markdown("### Images generated from each feature (same seed: only the feature differs)")
+            with gr.Row():
+                gen_o = gr.Image(label="Generated from the original feature", interactive=False)
+                gen_d = gr.Image(label="Generated from the decoded feature", interactive=False)
             with gr.Row():  # right under the two image boxes it fills
                 seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
                 steps = gr.Slider(1, MAX_STEPS, value=20, step=1, label="Denoising steps")
                 guidance = gr.Slider(0.0, MAX_GUIDANCE, value=demo.default_guidance, step=0.5, label="Guidance")
                 gen_btn = gr.Button("Generate images from both features", variant="secondary")
             gen_note = gr.Markdown()
-            seg_note = gr.Markdown()
             with gr.Row():
                 with gr.Column():
                     px_note = gr.Markdown()

@@ -79,6 +79,7 @@ def client(server):
     return Client(server.url, verbose=False)
 
 
+@pytest.mark.slow
 def test_every_endpoint_answers(client, tmp_path):
     from gradio_client import handle_file
 
@@ -123,6 +124,7 @@ def _files(tmp_path: Path) -> dict[str, str]:
     return out
 
 
+@pytest.mark.slow
 def test_every_bad_input_gets_its_reason_and_the_server_goes_on(client, server, tmp_path):
     import torch
     from gradio_client import handle_file
@@ -182,6 +184,7 @@ def test_every_bad_input_gets_its_reason_and_the_server_goes_on(client, server, 
     assert "internal error" not in server.output()
 
 
+@pytest.mark.slow
 def test_a_browser_sees_the_bits(server, tmp_path):
     """Headless Chromium uploads an image, transmits, and the page shows the bit count and a caption."""
     why = None
@@ -251,6 +254,7 @@ def test_a_real_backbone_without_codecs_stops_before_any_download():
     assert time.perf_counter() - t < 60
 
 
+@pytest.mark.slow
 def test_no_temp_files_outlive_the_server(server, client):
     """Run last in this module: stops the shared server and looks at what it left in its TMPDIR."""
     from gradio_client import handle_file
@@ -262,3 +266,21 @@ def test_no_temp_files_outlive_the_server(server, client):
     server.stop()
     left = [p for p in server.tmp.rglob("*") if p.suffix == ".scf" or p.name.startswith("semcomp-app-")]
     assert left == [], left
+
+
+def test_the_space_configuration_matches_the_requirements():
+    """README front matter (the Space's config): Gradio SDK with a version inside requirements.txt's range."""
+    import re
+
+    import gradio
+
+    front = (ROOT / "README.md").read_text().split("---")[1]
+    conf = dict(line.split(":", 1) for line in front.strip().splitlines())
+    assert conf["sdk"].strip() == "gradio" and conf["app_file"].strip() == "app.py"
+    version = conf["sdk_version"].strip()
+    pin = re.search(r"^gradio>=(\d+),<(\d+)", (ROOT / "requirements.txt").read_text(), re.M)
+    assert int(pin[1]) <= int(version.split(".")[0]) < int(pin[2])
+    assert version.split(".")[0] == gradio.__version__.split(".")[0]
+    pre = (ROOT / "pre-requirements.txt").read_text()
+    torch_pin = re.search(r"^torch==([\d.]+)$", (ROOT / "requirements.txt").read_text(), re.M)[1]
+    assert f"torch=={torch_pin}+cpu" in pre

@@ -19,10 +19,11 @@ EXAMPLE = ROOT / "assets" / "examples" / "tin_val_2253_goldfish.jpg"
 
 
 @pytest.fixture(scope="module")
-def demo():
+def demo():  # every test that takes it is marked slow: loading the models takes ~10 s, each transmit ~1 s
     return Demo()
 
 
+@pytest.mark.slow
 def test_transmit_an_example_end_to_end(demo):
     assert "pqvae" in demo.families() and len(demo.budgets("pqvae")) >= 3
     r = demo.transmit(str(EXAMPLE), "pqvae", 128, "auto", "Tiny-ImageNet-200", "", "the fish")
@@ -45,6 +46,7 @@ def test_transmit_an_example_end_to_end(demo):
     assert g.original.shape == g.decoded.shape == (256, 256, 3) and g.steps == 2 and g.elapsed_s > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (dict(family="fsq", bits=100), "no 100-bit codec; its shipped budgets are"),
     (dict(family="nope"), "unknown codec family"),
@@ -66,6 +68,7 @@ def test_transmit_says_what_is_wrong(demo, args, message):
     assert time.perf_counter() - t < 5  # refused before the work
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed, steps, guidance, message", [
     (2**40, 4, 3.0, "seed must be a whole number in 0..4294967295"),
     (-1, 4, 3.0, "seed"),
@@ -84,6 +87,7 @@ def test_generation_numbers_are_bounded(demo, seed, steps, guidance, message):
         demo.receive(blob, "Tiny-ImageNet-200", "", True, seed, steps, guidance)
 
 
+@pytest.mark.slow
 def test_awkward_images_work_or_get_a_message(demo, tmp_path):
     base = Image.open(EXAMPLE).convert("RGB")
     gif = tmp_path / "a.gif"
@@ -105,6 +109,7 @@ def test_awkward_images_work_or_get_a_message(demo, tmp_path):
     assert r.segment_original is None and "characters" in r.segment_note
 
 
+@pytest.mark.slow
 def test_files_that_are_not_images_get_a_message(demo, tmp_path):
     text = tmp_path / "notes.png"
     text.write_text("hello, I am a text file")
@@ -143,6 +148,7 @@ def test_pixels_are_bounded_before_decoding(tmp_path):
     assert max(im.size) == MAX_SIDE and time.perf_counter() - t < 2.0
 
 
+@pytest.mark.slow
 def test_labels_are_bounded_and_the_classifier_cache_too(demo):
     assert parse_custom_labels(" cat, dog ,, cat,fire truck ") == ["cat", "dog", "fire truck"]
     assert parse_custom_labels("猫, 🐕, Ölfass") == ["猫", "🐕", "Ölfass"]
@@ -156,6 +162,7 @@ def test_labels_are_bounded_and_the_classifier_cache_too(demo):
     assert set(r.labels_decoded) == {"猫", "🐕", "goldfish", "Ölfass"}
 
 
+@pytest.mark.slow
 def test_receive_says_what_is_wrong(demo, tmp_path):
     blob = demo.transmit(str(EXAMPLE), "fsq", 64).blob
     for bad, message in [(blob[:-2], "not a valid semcomp bitstream"), (b"hello", "not a valid semcomp bitstream"),
@@ -172,6 +179,7 @@ def test_receive_says_what_is_wrong(demo, tmp_path):
         demo.receive(str(tmp_path))
 
 
+@pytest.mark.slow
 def test_receive_bounds_the_item_count_before_decoding(demo):
     """More features than one upload needs (here 80, as a forged count would claim): refused before decoding,
     by the bitstream layer's max_items, with the limit named."""
