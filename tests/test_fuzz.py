@@ -112,3 +112,26 @@ def test_forged_counts_on_every_shipped_codec_are_refused_without_memory_or_time
     assert refused == {"max_items": 3 * len(cases), "max_decoded_bytes": 2 * len(cases), "MAX_COUNT": len(cases)}
     assert mem["bytes"] < 100e6, f"forged counts raised the peak RSS by {mem['bytes'] / 1e6:.0f} MB"
     assert seconds < 30, f"refusing {sum(refused.values())} forged bitstreams took {seconds:.1f} s"
+
+
+def test_receive_takes_one_upload_by_default_and_more_when_asked():
+    """A genuine 17-item file: refused by receive's default (RECEIVE_MAX_ITEMS = 16) before any codec is
+    loaded, decoded exactly when the caller allows it."""
+    import torch
+
+    from semcomp import BitstreamLimitError
+    from semcomp.codecs import load_codec
+    from semcomp.receiver import RECEIVE_MAX_ITEMS
+
+    assert RECEIVE_MAX_ITEMS == 16
+    codec = load_codec(SHIPPED / "fsq-c32l4")
+    x = torch.nn.functional.normalize(torch.randn(17, 512, generator=torch.Generator().manual_seed(0)), dim=-1)
+    blob = codec.compress(x, "ans")
+    with pytest.raises(BitstreamLimitError, match="max_items=16"):
+        receive(blob)
+    got, feats = receive(blob, max_items=17)
+    assert got.spec == "fsq-c32l4" and torch.equal(feats, codec.decompress(blob))
+    assert receive(blob, max_items=None)[1].shape == (17, 512)
+    with pytest.raises(BitstreamLimitError, match="max_decoded_bytes"):
+        receive(blob, max_items=None, max_decoded_bytes=16 * 512 * 4)
+    assert receive(codec.compress(x[:16], "raw"))[1].shape == (16, 512)
