@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import binascii
 import os
+import re
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -141,10 +142,9 @@ def parse_announce(data: bytes) -> Announce:
     n = body[_ANNOUNCE.size]
     if _ANNOUNCE.size + 1 + n != len(body):
         raise FrameError(f"announce spec length {n} does not match its {len(body) - _ANNOUNCE.size - 1} bytes")
-    try:
-        spec = body[_ANNOUNCE.size + 1:].decode("ascii")
-    except UnicodeDecodeError as e:
-        raise FrameError(f"announce spec is not ASCII: {e}") from e
+    spec = body[_ANNOUNCE.size + 1:].decode("latin-1")
+    if not re.fullmatch(r"[a-z0-9-]{1,64}", spec):  # a spec names a folder: no paths, no glob characters
+        raise FrameError(f"announce spec {spec[:64]!r} is not a codec spec (lower-case letters, digits, '-')")
     return Announce(family, coding, max_frame, dim, whash, sid, spec, data)
 
 
@@ -446,7 +446,7 @@ def codec_for_announce(ann: Announce, codecs_dir=None):
 
     root = Path(codecs_dir or CODECS_DIR)
     found = []
-    for cfg in sorted(root.glob(f"*/{ann.spec}/config.json")) if "/" not in ann.spec and ann.spec else []:
+    for cfg in sorted(root.glob(f"*/{ann.spec}/config.json")):  # parse_announce allows only [a-z0-9-] in a spec
         try:
             if json.loads(cfg.read_text()).get("dim") != ann.dim:
                 continue

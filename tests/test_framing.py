@@ -311,3 +311,14 @@ def test_mangled_byte_streams_raise_frame_error_or_report_never_crash(codec, fea
     delivered = [d for d in map(rx.accept, sf.frames) if d.ok]
     assert len(delivered) <= 12 and len({d.seq for d in delivered}) == len(delivered)
     assert all(d.seq < 12 and torch.allclose(d.feature, feats[d.seq], atol=1e-5) for d in delivered)
+
+
+def test_an_announce_naming_a_path_or_pattern_is_refused(codec):
+    import struct
+    import zlib
+
+    good = FrameSender(codec, stream_id=b"test").announce()
+    for spec in (b"../../etc", b"*", b"fsq-c8l16/x", b"FSQ"):
+        body = good[:22] + bytes([len(spec)]) + spec
+        with pytest.raises(FrameError, match="not a codec spec"):
+            parse_announce(body + struct.pack("<I", zlib.crc32(body)))
