@@ -1,7 +1,8 @@
 """The app under load: `python app.py` on localhost, 8 concurrent gradio_client clients x 25 mixed requests.
 
 Mixed: transmit with a segmentation command, transmit without, receive a .scf, generate (4 steps), and bad
-requests (a truncated .scf, empty custom labels) that must come back as messages. Records failed valid
+requests (a truncated .scf, empty custom labels, a text file as the image, 2,001 labels) that must come back
+as messages. Records failed valid
 requests, answered bad ones, p50/p95 latency per kind, the server's peak RSS (VmHWM) and whether it still
 answers afterwards.
 
@@ -69,14 +70,16 @@ def main() -> None:
     scf = c0.predict(handle_file(str(EXAMPLES[0])), "fsq", 64, "auto", "Tiny-ImageNet-200", "", "", api_name="/transmit")[3]
     bad = Path(tempfile.mkdtemp()) / "bad.scf"
     bad.write_bytes(Path(scf).read_bytes()[:-3])
+    not_image = bad.with_name("not_an_image.png")
+    not_image.write_text("a text file renamed .png")
 
     def client(seed: int) -> list[dict]:
         rng = random.Random(seed)
         c = Client(url, verbose=False)
         out = []
         for _ in range(a.requests):
-            kind = rng.choices(["transmit+segment", "transmit", "receive", "generate", "bad .scf", "empty labels"],
-                               weights=[4, 3, 3, 1, 1, 1])[0]
+            kind = rng.choices(["transmit+segment", "transmit", "receive", "generate", "bad .scf", "empty labels",
+                                "not an image", "2,001 labels"], weights=[4, 3, 3, 1, 1, 1, 1, 1])[0]
             img = handle_file(str(rng.choice(EXAMPLES)))
             t = time.perf_counter()
             ok, msg = True, ""
@@ -92,6 +95,10 @@ def main() -> None:
                     c.predict(img, "fsq", 64, "auto", rng.randrange(100), 4, 3.0, api_name="/generate")
                 elif kind == "bad .scf":
                     c.predict(handle_file(str(bad)), "Tiny-ImageNet-200", "", False, 0, 4, 3.0, api_name="/receive")
+                elif kind == "not an image":
+                    c.predict(handle_file(str(not_image)), "fsq", 64, "auto", "Tiny-ImageNet-200", "", "", api_name="/transmit")
+                elif kind == "2,001 labels":
+                    c.predict(img, "fsq", 64, "auto", "Custom", ",".join(f"w{i}" for i in range(2001)), "", api_name="/transmit")
                 else:
                     c.predict(img, "fsq", 64, "auto", "Custom", " , ", "", api_name="/transmit")
             except Exception as e:  # gradio_client raises AppError carrying the page's message
@@ -109,7 +116,7 @@ def main() -> None:
     load_after = os.getloadavg()
     proc.terminate()
     proc.wait(timeout=30)
-    bad_kinds = {"bad .scf", "empty labels"}
+    bad_kinds = {"bad .scf", "empty labels", "not an image", "2,001 labels"}
     per_kind = {}
     for k in sorted({r["kind"] for r in results}):
         ts = sorted(r["s"] for r in results if r["kind"] == k)
