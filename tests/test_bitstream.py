@@ -188,3 +188,15 @@ def test_trailing_bytes_and_padding_in_the_payload_are_refused(trained, coder):
         bad = payload[:-1] + bytes([payload[-1] | 1])
         with pytest.raises(BitstreamError, match="padding"):
             codec.decompress(pack(h, bad))
+
+
+def test_default_bounds_admit_whatever_compress_can_write(trained):
+    """compress() refuses more than entropy.MAX_SYMBOLS symbols a stream, so the default decoded-bytes bound of
+    decompress_symbols (8 bytes a symbol) never refuses a stream this library wrote."""
+    from semcomp.bitstream import DEFAULT_MAX_DECODED_BYTES
+    from semcomp.entropy import MAX_SYMBOLS
+
+    assert 8 * MAX_SYMBOLS <= DEFAULT_MAX_DECODED_BYTES
+    codec, _ = trained
+    s = torch.randint(0, codec.alphabet, (8192 + 5, codec.num_symbols))
+    assert torch.equal(codec.decode(s), torch.cat([codec.decode(s[:8192]), codec.decode(s[8192:])]))  # chunked fill

@@ -227,8 +227,14 @@ class Codec(nn.Module):
         self.eval()
         try:
             s = self.check_symbols(symbols)
-            return torch.cat([F.normalize(self._decode(c).float(), dim=-1) for c in s.split(CHUNK)]) if len(s) else \
-                F.normalize(self._decode(s).float(), dim=-1)
+            if not len(s):
+                return F.normalize(self._decode(s).float(), dim=-1)
+            # filled chunk by chunk: the output is allocated once (no torch.cat copy), so decoding N items takes
+            # N x 4D bytes plus one chunk's activations, the figure max_decoded_bytes bounds
+            out = torch.empty(len(s), self.dim)
+            for i in range(0, len(s), CHUNK):
+                out[i : i + CHUNK] = F.normalize(self._decode(s[i : i + CHUNK]).float(), dim=-1)
+            return out
         finally:
             self.train(was)
 
