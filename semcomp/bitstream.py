@@ -36,8 +36,9 @@ FORMAT_VERSION = 1
 CODEC_IDS = {"dsq": 1, "fsq": 2, "vqvae": 3, "pqvae": 4, "aesq": 5}
 MAX_COUNT = 1 << 24  # refuse absurd item counts before allocating anything
 # What one decompress call may allocate for its output when the caller names no bound: the decoded float32
-# features plus the int64 symbols. 256 MiB is ~30k 512-d features of the largest shipped codec (dsq, 512
-# symbols an item); a caller decoding more passes a larger max_decoded_bytes or splits the batch.
+# features plus the int64 symbols. 256 MiB is 43,690 items of a shipped dsq codec (512 symbols + a 512-d
+# feature = 6 kB an item), 116,508 of fsq-c32l4; it also admits, symbols only, the largest stream compress()
+# writes (entropy.MAX_SYMBOLS x 8 bytes). A caller decoding more passes a larger max_decoded_bytes.
 DEFAULT_MAX_DECODED_BYTES = 256 << 20
 _FIXED = struct.Struct("<4sBBBBHI8s")
 
