@@ -61,6 +61,7 @@ def test_corrupt_scf_is_refused(tmp_path, feature_file):
     assert not (tmp_path / "d.safetensors").exists()
 
 
+@pytest.mark.slow  # loads the embedded models
 def test_send_receive_segment_on_a_users_image(tmp_path, capsys):
     """The shipped embedded models end to end from the CLI: image -> .scf -> labels + caption + image; segmentation."""
     from pathlib import Path
@@ -144,10 +145,13 @@ def test_unwritable_full_or_odd_outputs_exit_2_and_leave_nothing(tmp_path, capsy
     import errno
 
     import safetensors.numpy
+    import torch
+
+    from semcomp.codecs import load_codec
 
     codec = str(SHIPPED / "fsq-c32l4")
     scf = tmp_path / "x.scf"
-    assert main(["send", str(GOLDFISH), "--codec", "fsq-c32l4", "--out", str(scf)]) == 0
+    scf.write_bytes(load_codec(codec).compress(torch.nn.functional.normalize(torch.randn(1, 512), dim=-1), "raw"))
     afile = tmp_path / "afile"
     afile.write_text("")
     for cmd in (["decode", "--codec", codec, "--in", str(scf), "--out"], ["segment", str(GOLDFISH), "--command", "a fish", "--out"],
@@ -176,6 +180,7 @@ def test_unwritable_full_or_odd_outputs_exit_2_and_leave_nothing(tmp_path, capsy
     assert not dec.exists() and not (tmp_path / "dec.safetensors.tmp").exists()
 
 
+@pytest.mark.slow  # loads the embedded models
 def test_full_disk_while_writing_generated_image_or_mask_exits_2(tmp_path, capsys, caplog, monkeypatch):
     import errno
     from pathlib import Path
@@ -210,6 +215,7 @@ def test_receive_bounds_the_item_count_before_decoding(tmp_path, capsys, caplog)
     assert main(["decode", "--codec", str(SHIPPED / "fsq-c32l4"), "--in", str(scf), "--out", str(tmp_path / "d.safetensors")]) == 0
 
 
+@pytest.mark.slow  # loads the embedded models
 def test_framed_send_and_receive(tmp_path, capsys, caplog):
     """`send --framed` writes an announce + one frame per image; `receive` reads it and reports every frame."""
     scfs = tmp_path / "x.scfs"
