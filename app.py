@@ -179,7 +179,7 @@ def build(demo, scf_files: ScfFiles):
         with gr.Tab("Sender → receiver"):
             with gr.Row():
                 with gr.Column(scale=1):
-                    image = image_input(label="Image", sources=["upload", "clipboard", "webcam"])
+                    image = image_input(label="Image", sources=["upload", "clipboard", "webcam"], height=300)
                     gr.Examples(EXAMPLES, inputs=image)
                     family = gr.Dropdown(families, value=fam0, label="Codec family")
                     # every family's budgets are valid choices for API clients; the page narrows them per family

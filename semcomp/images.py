@@ -7,6 +7,7 @@ refuses other formats above ``MAX_PIXELS`` before decoding a single pixel.
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,9 @@ def open_image(source, max_pixels: int = MAX_PIXELS):
         source = io.BytesIO(source)
     name = Path(source).name if isinstance(source, (str, Path)) else "the upload"
     try:
-        im = Image.open(source)  # lazy: header only
+        with warnings.catch_warnings():  # the size is checked below, against our own (lower) limit
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(source)  # lazy: header only
     except UnidentifiedImageError:
         raise ImageError(f"{name} is not an image Pillow can read (a JPEG, PNG, WebP, GIF, BMP or TIFF is expected)") from None
     except Image.DecompressionBombError as e:
