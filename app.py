@@ -129,7 +129,7 @@ def stats_markdown(r, backbone: str) -> str:
 def build(demo, scf_files: ScfFiles):
     import gradio as gr
 
-    from semcomp.backbone import EMBEDDED_DEFAULT, available_backbones
+    from semcomp.backbone import available_backbones, embedded_names
     from semcomp.demo import MAX_GUIDANCE, MAX_SEED, MAX_STEPS
 
     families = demo.families()
@@ -166,12 +166,12 @@ def build(demo, scf_files: ScfFiles):
         return info, r.labels, r.caption, r.image
 
     with gr.Blocks(title="semcomp — send what an image means", delete_cache=(900, 3600)) as ui:
-        embedded = demo.backbone.name == EMBEDDED_DEFAULT
+        embedded = demo.backbone.name in embedded_names()
         gr.Markdown(
             "# semcomp — send what an image *means*, not its pixels\n"
             f"Backbone **{demo.backbone.name}**"
-            + (" (embedded, offline: a small CLIP trained on Tiny-ImageNet — far weaker than real CLIP; the caption "
-               "and image heads were trained for it too, see the README)" if embedded else "")
+            + (" (embedded and offline: small, far weaker than a full-size CLIP; it and the caption and image heads "
+               "are described in the README)" if embedded else "")
             + ". The receiver sees only the bitstream.  \nOther backbones: "
             + ", ".join(f"`{n}` ({v})" for n, v in available_backbones().items() if n != demo.backbone.name)
             + " — start with `python app.py --backbone NAME` once codecs for it are in `weights/codecs/`."

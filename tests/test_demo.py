@@ -23,6 +23,11 @@ def demo():  # every test that takes it is marked slow: loading the models takes
     return Demo()
 
 
+@pytest.fixture(scope="module")
+def scf_blob(demo):
+    return demo.transmit(str(EXAMPLE), "fsq", 64).blob
+
+
 @pytest.mark.slow
 def test_transmit_an_example_end_to_end(demo):
     assert "pqvae" in demo.families() and len(demo.budgets("pqvae")) >= 3
@@ -79,12 +84,11 @@ def test_transmit_says_what_is_wrong(demo, args, message):
     (0, 4, float("inf"), "guidance"),
     (0, 4, "x", "guidance"),
 ])
-def test_generation_numbers_are_bounded(demo, seed, steps, guidance, message):
+def test_generation_numbers_are_bounded(demo, scf_blob, seed, steps, guidance, message):
     with pytest.raises(DemoError, match=message):
         demo.generate(str(EXAMPLE), "fsq", 64, "auto", seed, steps, guidance)
-    blob = demo.transmit(str(EXAMPLE), "fsq", 64).blob
     with pytest.raises(DemoError, match=message):
-        demo.receive(blob, "Tiny-ImageNet-200", "", True, seed, steps, guidance)
+        demo.receive(scf_blob, "Tiny-ImageNet-200", "", True, seed, steps, guidance)
 
 
 @pytest.mark.slow
