@@ -30,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 EXAMPLES = sorted(str(p) for p in (ROOT / "assets" / "examples").glob("*.jpg"))
 MAX_SCF_FILES = 32  # .scf downloads kept on disk at once (the oldest go first)
+MESSAGE_S = 30  # seconds a message about a bad input stays on the page
 
 logger = logging.getLogger("semcomp.app")
 
@@ -68,12 +69,14 @@ def endpoint(fn):
         except gr.Error:
             raise
         except DemoError as e:
-            raise gr.Error(str(e)) from None
+            raise gr.Error(str(e), duration=MESSAGE_S, title="Cannot do that", print_exception=False) from None
         except MemoryError:
-            raise gr.Error("out of memory for this request; try a smaller image or fewer labels") from None
+            raise gr.Error("out of memory for this request; try a smaller image or fewer labels", duration=MESSAGE_S,
+                           title="Cannot do that", print_exception=False) from None
         except Exception as e:  # a bug: say what, keep the traceback in the server log
             logger.exception("request failed")
-            raise gr.Error(f"internal error ({type(e).__name__}: {e}); the server log has the details") from None
+            raise gr.Error(f"internal error ({type(e).__name__}: {e}); the server log has the details",
+                           duration=MESSAGE_S, title="Server error") from None
 
     return wrapped
 
@@ -251,11 +254,11 @@ def build(demo, scf_files: ScfFiles):
         ui.load(on_family, [family, bits], bits, api_name=False)
         go.click(transmit, [image, family, bits, coder, label_set, custom, command],
                  [stats, orig, dec, scf, plot, cap_o, cap_d, seg_o, seg_d, seg_note, px_jpeg, px_learned, px_note],
-                 api_name="transmit")
+                 api_name="transmit", show_progress_on=[stats])  # progress (or a failure's badge) in one box
         gen_btn.click(generate, [image, family, bits, coder, seed, steps, guidance], [gen_o, gen_d, gen_note],
-                      api_name="generate", concurrency_limit=1)
+                      api_name="generate", concurrency_limit=1, show_progress_on=[gen_o, gen_d])
         rgo.click(receive, [rfile, r_labels, r_custom, r_img, r_seed, r_steps, r_guidance], [r_info, r_lab, r_cap, r_gen],
-                  api_name="receive")
+                  api_name="receive", show_progress_on=[r_info])
     return ui
 
 

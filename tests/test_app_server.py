@@ -213,6 +213,14 @@ def test_a_browser_sees_the_bits(server, tmp_path):
             assert "64 bits fixed" in body and "cosine(original, decoded)" in body and "time on this server" in body
             page.wait_for_timeout(1500)
             page.screenshot(path=str(shots / "app_page.png"), full_page=True)
+            # a text file as the image: the reason is on the page, not a bare "Error"
+            text = tmp_path / "notes.png"
+            text.write_text("not an image")
+            page.locator("input[type=file]").first.set_input_files(str(text))
+            page.wait_for_timeout(1500)
+            page.get_by_role("button", name="Compress and transmit").click()
+            page.get_by_text("notes.png is not an image Pillow can read").wait_for(timeout=60000)
+            page.screenshot(path=str(shots / "app_bad_upload.png"))
         finally:
             b.close()
     assert (shots / "app_page.png").stat().st_size > 10000
