@@ -41,7 +41,7 @@ MAX_STEPS = 50
 MAX_GUIDANCE = 20.0
 RECEIVE_MAX_BYTES = 1 << 20  # a .scf for the receiver tab: one upload's worth, not a data set
 RECEIVE_MAX_DECODED_BYTES = RECEIVE_MAX_ITEMS * 4 * 4096  # float32 features of up to 4096 dims
-CLASSIFIER_CACHE = 8  # label lists whose text features are kept (LRU): bounded memory under many custom lists
+CLASSIFIER_CACHE = 8  # custom label lists whose text features are kept (LRU): bounded memory under many lists
 PLOT_LOCK = threading.Lock()  # matplotlib's text layout is not thread-safe (found by bench/app_load.py)
 
 
@@ -176,7 +176,8 @@ class Demo:
         rep = json.loads(RATE_RESULTS.read_text()) if RATE_RESULTS.exists() else {"results": []}
         self.rate_report = rep if rep.get("backbone") == self.backbone.name else {"results": []}
         self.measured_top1 = {r["codec"]: r.get("top1", 0.0) for r in self.rate_report["results"]}
-        self._classifiers: OrderedDict[tuple, object] = OrderedDict()
+        self._classifiers: OrderedDict[tuple, object] = OrderedDict()  # custom label lists, LRU
+        self._named_classifiers: OrderedDict[tuple, object] = OrderedDict()  # built-in and downloaded sets
         self._clf_lock = threading.Lock()
         self.sam_checkpoint = sam_checkpoint
         # Load every model now, once: lazy first imports (diffusers, transformers) are not thread-safe, and a
@@ -232,13 +233,16 @@ class Demo:
         except LabelSetError as e:
             raise DemoError(str(e)) from None
         key = (label_set, tuple(names))
+        # the named sets (a handful) are kept for good; custom lists share a small LRU, so many distinct lists
+        # cannot grow memory and cannot push ImageNet-1k's 1,000 text features out
+        cache = self._classifiers if label_set == CUSTOM else self._named_classifiers
         with self._clf_lock:
-            if key in self._classifiers:
-                self._classifiers.move_to_end(key)
-                return self._classifiers[key]
+            if key in cache:
+                cache.move_to_end(key)
+                return cache[key]
         clf = ZeroShotClassifier.from_backbone(self.backbone, names)
         with self._clf_lock:
-            self._classifiers[key] = clf
+            cache[key] = clf
             while len(self._classifiers) > CLASSIFIER_CACHE:
                 self._classifiers.popitem(last=False)
         return clf

@@ -159,9 +159,11 @@ def test_labels_are_bounded_and_the_classifier_cache_too(demo):
     for bad in ("", " , ", ",".join(map(str, range(MAX_LABELS + 1))), "y" * 101, "z," * 30000):
         with pytest.raises(LabelSetError):
             parse_custom_labels(bad)
+    tin = demo.classifier("Tiny-ImageNet-200")
     for i in range(CLASSIFIER_CACHE + 4):
         demo.classifier("Custom", f"cat, dog, thing {i}")
     assert len(demo._classifiers) == CLASSIFIER_CACHE
+    assert demo.classifier("Tiny-ImageNet-200") is tin  # named sets are not pushed out by custom lists
     r = demo.transmit(str(EXAMPLE), "fsq", 64, "auto", "Custom", "猫, 🐕, goldfish, Ölfass")
     assert set(r.labels_decoded) == {"猫", "🐕", "goldfish", "Ölfass"}
 
