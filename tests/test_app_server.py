@@ -174,8 +174,11 @@ def test_every_bad_input_gets_its_reason_and_the_server_goes_on(client, server, 
     for k in ("1x1", "7x7", "3000x2", "2x3000"):
         out = client.predict(img(k), "fsq", 64, "auto", tin, "", "the dog", api_name=T)
         assert "64 bits" in out[0] and "at least 8×8" in out[9] and "JPEG" in out[12], k
-    out = client.predict(ex, "fsq", 64, "auto", "Custom", "猫, 🐕, goldfish, Ölfass, ☃", "", api_name=T)
-    assert {c["label"] for c in out[2]["confidences"]} == {"猫", "🐕", "goldfish", "Ölfass", "☃"}
+    uni = tmp_path / "Goldfisch ä 金魚 🐟.jpg"
+    shutil.copy(EXAMPLE, uni)
+    out = client.predict(handle_file(str(uni)), "fsq", 64, "auto", "Custom", "猫, 🐕, goldfish, Ölfass, ☃", "金魚 🐟",
+                         api_name=T)
+    assert {c["label"] for c in out[2]["confidences"]} == {"猫", "🐕", "goldfish", "Ölfass", "☃"} and "金魚 🐟" in out[9]
     # NaN cannot travel as JSON; the client refuses it, or the server answers with the reason
     try:
         client.predict(ex, "fsq", 64, "auto", 0, 2, float("nan"), api_name=G)
