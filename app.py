@@ -7,6 +7,7 @@ This file holds the Gradio layout and wiring only; the logic is ``semcomp.demo.D
 
 Environment variables (a command-line option wins over them):
   PORT                    port to listen on, as many hosts set it (then the default host is 0.0.0.0)
+  SPACE_ID                set on Hugging Face Spaces (then the default host is 0.0.0.0)
   GRADIO_SERVER_PORT      port (wins over PORT)
   GRADIO_SERVER_NAME      host/interface to bind, e.g. 0.0.0.0 on Hugging Face Spaces
   SEMCOMP_BACKBONE        backbone name (default: the embedded offline one)
@@ -271,12 +272,14 @@ def parse_args(argv=None, env=None):
 
     env = os.environ if env is None else env
     port = env.get("GRADIO_SERVER_PORT") or env.get("PORT") or "7860"
-    host = env.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if env.get("PORT") else "127.0.0.1")
+    hosted = env.get("PORT") or env.get("SPACE_ID")  # a host routes traffic from outside to this process
+    host = env.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if hosted else "127.0.0.1")
     ap = argparse.ArgumentParser(prog="python app.py", description=__doc__, formatter_class=_Formatter)
     ap.add_argument("--backbone", default=env.get("SEMCOMP_BACKBONE", EMBEDDED_DEFAULT),
                     help="CLIP backbone: the embedded offline model, or e.g. ViT-B-32/openai (downloads; needs codecs "
                          "for it in weights/codecs/) [env SEMCOMP_BACKBONE]")
-    ap.add_argument("--host", default=host, help="interface to listen on [env GRADIO_SERVER_NAME; 0.0.0.0 when PORT is set]")
+    ap.add_argument("--host", default=host, help="interface to listen on [env GRADIO_SERVER_NAME; 0.0.0.0 when PORT "
+                                                 "or SPACE_ID (Hugging Face Spaces) is set]")
     ap.add_argument("--port", type=int, default=int(port), help="port [env GRADIO_SERVER_PORT, then PORT]")
     ap.add_argument("--sam-checkpoint", default=env.get("SEMCOMP_SAM_CHECKPOINT"),
                     help="segment-anything vit_b checkpoint: SAM mask proposals for segmentation (needs a download) "

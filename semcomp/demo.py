@@ -133,9 +133,13 @@ def codec_command(backbone: str) -> str:
 
 def check_backbone(name: str) -> list[dict]:
     """The shipped codecs for a backbone, checked BEFORE the backbone is loaded (a real CLIP downloads first)."""
+    from .backbone import REAL_BACKBONES, embedded_names
     from .zoo import shipped_codecs
 
     codecs = shipped_codecs(name)
+    if not codecs and name not in REAL_BACKBONES and "/" not in name and ":" not in name and not Path(name).is_dir():
+        raise DemoError(f"unknown backbone {name!r}; choose one of {embedded_names() + sorted(REAL_BACKBONES)}, "
+                        f"an open_clip MODEL/TAG or MODEL:/path/to/checkpoint")
     if not codecs:
         raise DemoError(f"no codecs for backbone {name!r} under weights/codecs/{name.replace('/', '_')}/; "
                         f"make them with: {codec_command(name)}")

@@ -233,7 +233,7 @@ def test_help_names_every_setting():
     out = subprocess.run([sys.executable, str(ROOT / "app.py"), "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0
     for word in ("--backbone", "--host", "--port", "--sam-checkpoint", "PORT", "GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT",
-                 "SEMCOMP_BACKBONE", "GRADIO_TEMP_DIR", "default:"):
+                 "SEMCOMP_BACKBONE", "GRADIO_TEMP_DIR", "SPACE_ID", "default:"):
         assert word in out.stdout, word
 
 
@@ -250,6 +250,7 @@ def test_port_and_host_come_from_the_environment():
     a = app.parse_args(["--port", "7000"], env={"PORT": "8080"})
     assert a.port == 7000
     assert (app.parse_args([], env={}).host, app.parse_args([], env={}).port) == ("127.0.0.1", 7860)
+    assert app.parse_args([], env={"SPACE_ID": "someone/semcomp"}).host == "0.0.0.0"  # Hugging Face Spaces
 
 
 def test_a_real_backbone_without_codecs_stops_before_any_download():

@@ -209,6 +209,8 @@ def test_a_backbone_without_codecs_stops_before_any_download():
         check_backbone("ViT-B-32/openai")
     with pytest.raises(DemoError, match="no codecs"):
         Demo("ViT-B-32/openai")
+    with pytest.raises(DemoError, match="unknown backbone 'nonsense'; choose one of"):
+        check_backbone("nonsense")
     assert time.perf_counter() - t < 2
     from semcomp.backbone import EMBEDDED_DEFAULT
 
