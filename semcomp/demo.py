@@ -125,9 +125,10 @@ def check_float(name: str, value, lo: float, hi: float) -> float:
 
 
 def codec_command(backbone: str) -> str:
-    """The commands that make codecs for a backbone that has none (shown when the app refuses to start)."""
+    """The commands that make codecs for a backbone that has none (shown when the app refuses to start); any
+    image folder works as the source (``--dataset folder`` with a labels.csv), Tiny-ImageNet is the example."""
     feats = backbone.replace("/", "_").lower() + "-train.safetensors"
-    return (f"semcomp extract --backbone {backbone} --split train --out {feats} && "
+    return (f"semcomp extract --backbone {backbone} --source tiny-imagenet-200/ --split train --out {feats} && "
             f"semcomp train --features {feats} --spec fsq-c32l4 pqvae-n16d8k16 --out-dir weights/codecs/{backbone.replace('/', '_')}")
 
 
