@@ -49,7 +49,7 @@ class ScfFiles:
         with self._lock:
             self._n += 1
             path = self.folder / f"{self._n:06d}" / f"feature_{spec}.scf"
-            path.parent.mkdir()
+            path.parent.mkdir(parents=True)  # parents: survives anyone emptying the folder
             path.write_bytes(blob)
             old = sorted(self.folder.iterdir())[:-MAX_SCF_FILES]
         for d in old:
