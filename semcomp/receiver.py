@@ -42,6 +42,13 @@ def load_head(kind: str, backbone: str):
     path = shipped_heads(backbone).get(kind)
     if path is None:
         return None
+    base = json.loads((path / "config.json").read_text()).get("base")
+    if base:  # a bridge from this backbone's space into a head trained on another's (semcomp.heads.bridge)
+        from .heads.bridge import BridgedHead, load_bridge
+
+        base_path = HEADS_DIR / base
+        base_backbone = json.loads((base_path / "config.json").read_text())["backbone"]
+        return BridgedHead(load_head(kind, base_backbone), load_bridge(path))
     if kind == "caption":
         from .heads.caption import Captioner
 

@@ -110,11 +110,13 @@ def load_tower(name: str, pretrained: bool = True) -> PretrainedTower:
 
 
 def tower_transform(name: str, size: int):
-    """PIL image -> normalised tensor at ``size`` px: resize the shorter side to size/0.875, centre crop
-    (the ImageNet evaluation protocol the towers were measured with)."""
+    """PIL image -> normalised tensor at ``size`` px: resize the shorter side to ``size``, centre crop the square.
+
+    No 0.875 crop margin (the ImageNet evaluation habit): on 64 px Tiny-ImageNet images the margin cut the
+    tower's own 200-way accuracy from 56.5 to 52.5 % (400 val images), and a photo's subject is not always
+    in its centre."""
     from torchvision import transforms as T
 
     spec = TOWERS[name]
-    return T.Compose([T.Lambda(lambda im: im.convert("RGB")),
-                      T.Resize(round(size / 0.875), interpolation=T.InterpolationMode.BICUBIC),
+    return T.Compose([T.Lambda(lambda im: im.convert("RGB")), T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
                       T.CenterCrop(size), T.ToTensor(), T.Normalize(spec.mean, spec.std)])

@@ -101,3 +101,35 @@ def test_save_load_roundtrip_and_tamper(tmp_path, monkeypatch):
     (out / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(BackboneError):
         load_embedded(out)
+
+
+def test_bridge_fits_saves_and_wraps_a_head(tmp_path):
+    from semcomp.heads.bridge import BridgeConfig, BridgedHead, EmbeddingBridge, fit_bridge, load_bridge, save_bridge
+    from semcomp.heads.caption import CaptionError
+
+    g = torch.Generator().manual_seed(0)
+    src = F.normalize(torch.randn(300, 16, generator=g), dim=-1)
+    dst = F.normalize(src @ torch.randn(16, 24, generator=g), dim=-1)
+    torch.manual_seed(0)
+    bridge = EmbeddingBridge(BridgeConfig("new-bb", "old-head", 16, 24, 32))
+    losses = fit_bridge(bridge, src, dst, epochs=40, batch_size=64, noise=0.0)
+    assert losses[-1] < 0.1 < losses[0]
+    out = save_bridge(bridge, tmp_path / "h", {"kind": "caption"})
+    loaded = load_bridge(out)
+    assert F.cosine_similarity(loaded(src), bridge(src)).min() > 0.999  # fp16 on disk
+
+    class Base:
+        cfg = "base-cfg"
+
+        def caption(self, e, beam=1):
+            return [f"{e.shape[1]}-d"] * len(e)
+
+    head = BridgedHead(Base(), loaded)
+    assert head.caption(src[:2]) == ["24-d", "24-d"] and head.cfg == "base-cfg"
+    with pytest.raises(CaptionError, match="16-d"):
+        head.caption(torch.randn(2, 24))
+    with pytest.raises(CaptionError, match="new-bb"):
+        head.caption(src[:1], backbone="other")
+    (out / "config.json").write_text(json.dumps({"backbone": "x", "base": "y", "in_dim": 10**9}))
+    with pytest.raises(ValueError):
+        load_bridge(out)

@@ -45,16 +45,15 @@ class TextBank:
     num_classes: int
 
     def sample(self, gen: torch.Generator, classes: torch.Tensor) -> torch.Tensor:
-        """One random sentence per class in ``classes``: (len(classes), 384)."""
-        r = torch.rand(len(self.cls), generator=gen)
-        r[~torch.isin(self.cls, classes)] = -1.0
-        # the argmax of random keys within each class = a uniform random member of that class
-        best = torch.full((self.num_classes,), -2.0).scatter_reduce(0, self.cls, r, "amax")
-        pick = torch.nonzero((r == best[self.cls]) & (r >= 0)).squeeze(1)
-        order = torch.argsort(self.cls[pick])
-        pick = pick[order]
-        assert torch.equal(self.cls[pick], torch.sort(classes).values), "every class needs at least one sentence"
-        return self.emb[pick]
+        """One random sentence per class, for the classes in ascending order: (len(classes), 384)."""
+        classes = torch.sort(classes).values
+        order = torch.argsort(self.cls, stable=True)  # sentences grouped by class
+        counts = torch.bincount(self.cls, minlength=self.num_classes)
+        starts = torch.cumsum(counts, 0) - counts
+        if (counts[classes] == 0).any():
+            raise ValueError("every sampled class needs at least one sentence")
+        pick = starts[classes] + (torch.rand(len(classes), generator=gen) * counts[classes]).long()
+        return self.emb[order[pick]]
 
     def mean(self) -> torch.Tensor:
         """The template/synonym average per class, renormalised: (num_classes, 384)."""
@@ -182,6 +181,39 @@ def _cached_bank(encoder, names, templates, path: Path) -> TextBank:
     return bank
 
 
+def _baselines(tower_name: str, evaluate, bank: TextBank, holdout: list[int]) -> dict:
+    """Image-free alignments, for comparison: (1) a ridge map from the tower's classifier rows to the class
+    names' mean text embeddings (fitted on the classes not held out); an image embeds as its pooled feature
+    through that map. (2) the tower's softmax over the seen classes, mixing their text embeddings."""
+    from ..lite_clip import LiteClip, LiteClipConfig
+    from ..towers import load_tower
+
+    t = load_tower(tower_name)
+    W, b = t.classifier.weight.detach(), t.classifier.bias.detach()  # (1000, C), (1000,)
+    T = bank.mean()  # (1000, 384)
+    out = {}
+    for mode, hold in (("holdout", holdout), ("all", [])):
+        seen = torch.tensor([c for c in range(len(W)) if c not in set(hold)])
+        model = LiteClip(LiteClipConfig(tower=tower_name), pretrained_tower=False, load_text_encoder=False)
+        with torch.no_grad():
+            model.text_projection.linear.weight.copy_(torch.eye(384))
+            model.text_projection.linear.bias.zero_()
+            X, Y = W[seen], T[seen]
+            lam = 1.0
+            M = torch.linalg.solve(X.T @ X + lam * torch.eye(X.shape[1]), X.T @ Y)  # (C, 384)
+            model.image_projection.linear.weight.copy_(M.T)
+            model.image_projection.linear.bias.zero_()
+        out[f"ridge_rows_to_text_{mode}"] = evaluate(model)
+
+        class Mixture(torch.nn.Module):  # embedding = softmax over seen classes . their text embeddings
+            def forward(self, pooled):
+                return (pooled @ W[seen].T + b[seen]).softmax(-1) @ T[seen]
+
+        model.image_projection = Mixture()
+        out[f"softmax_mixture_{mode}"] = evaluate(model)
+    return out
+
+
 def main(argv=None) -> None:
     import argparse
 
@@ -254,6 +286,7 @@ def main(argv=None) -> None:
 
         # the tower's own classifier on the same images, for reference (1000-way, no text involved)
         tower_top1 = float((va["logits"].argmax(1) == v_inet).float().mean())
+        report.setdefault("baselines", {})[variant] = _baselines(tower, evaluate, bank, holdout)
         for mode in ("holdout", "all"):
             cfg = LiteClipConfig(tower=tower, image_size=size, image_hidden=ih, text_hidden=th)
             model = LiteClip(cfg, pretrained_tower=False, load_text_encoder=False)  # tower unused: features cached
