@@ -134,7 +134,8 @@ def build(demo, scf_files: ScfFiles):
     import gradio as gr
 
     from semcomp.backbone import available_backbones, embedded_names
-    from semcomp.demo import MAX_GUIDANCE, MAX_SEED, MAX_STEPS
+    from semcomp.demo import CODERS, MAX_GUIDANCE, MAX_SEED, MAX_STEPS
+    from semcomp.labels import MAX_LABELS
 
     families = demo.families()
     fam0 = "fsq" if "fsq" in families else families[0]
@@ -189,10 +190,10 @@ def build(demo, scf_files: ScfFiles):
                     # every family's budgets are valid choices for API clients; the page narrows them per family
                     bits = gr.Dropdown([(f"{b} bits", b) for b in every_budget], value=default_budget(fam0),
                                        label="Bit budget (the shipped codecs of this family)")
-                    coder = gr.Radio(["auto", "ans", "huffman", "raw"], value="auto",
+                    coder = gr.Radio(list(CODERS), value="auto",
                                      label="Entropy coder (auto: the smallest; raw: not entropy-coded)")
                     label_set = gr.Dropdown(demo.label_set_names(), value="Tiny-ImageNet-200", label="Labels")
-                    custom = gr.Textbox(label="Custom labels (comma-separated, at most 2,000)", placeholder="cat, dog, fire truck")
+                    custom = gr.Textbox(label=f"Custom labels (comma-separated, at most {MAX_LABELS:,})", placeholder="cat, dog, fire truck")
                     command = gr.Textbox(label="Segmentation command (sent compressed too)", placeholder="the parrot on the right")
                     go = gr.Button("Compress and transmit", variant="primary")
                 with gr.Column(scale=1):
@@ -235,7 +236,7 @@ def build(demo, scf_files: ScfFiles):
                 with gr.Column():
                     rfile = gr.File(label=".scf bitstream", file_types=[".scf"])
                     r_labels = gr.Dropdown(demo.label_set_names(), value="Tiny-ImageNet-200", label="Labels")
-                    r_custom = gr.Textbox(label="Custom labels (comma-separated, at most 2,000)")
+                    r_custom = gr.Textbox(label=f"Custom labels (comma-separated, at most {MAX_LABELS:,})")
                     r_img = gr.Checkbox(True, label="Also generate an image")
                     with gr.Row():
                         r_seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
