@@ -192,7 +192,7 @@ def build(demo, scf_files: ScfFiles):
                                        label="Bit budget (the shipped codecs of this family)")
                     coder = gr.Radio(list(CODERS), value="auto",
                                      label="Entropy coder (auto: the smallest; raw: not entropy-coded)")
-                    label_set = gr.Dropdown(demo.label_set_names(), value="Tiny-ImageNet-200", label="Labels")
+                    label_set = gr.Dropdown(demo.label_set_names(), value="ImageNet-1k", label="Labels")
                     custom = gr.Textbox(label=f"Custom labels (comma-separated, at most {MAX_LABELS:,})", placeholder="cat, dog, fire truck")
                     command = gr.Textbox(label="Segmentation command (sent compressed too)", placeholder="the parrot on the right")
                     go = gr.Button("Compress and transmit", variant="primary")
@@ -235,7 +235,7 @@ def build(demo, scf_files: ScfFiles):
             with gr.Row():
                 with gr.Column():
                     rfile = gr.File(label=".scf bitstream", file_types=[".scf"])
-                    r_labels = gr.Dropdown(demo.label_set_names(), value="Tiny-ImageNet-200", label="Labels")
+                    r_labels = gr.Dropdown(demo.label_set_names(), value="ImageNet-1k", label="Labels")
                     r_custom = gr.Textbox(label=f"Custom labels (comma-separated, at most {MAX_LABELS:,})")
                     r_img = gr.Checkbox(True, label="Also generate an image")
                     with gr.Row():

@@ -391,7 +391,7 @@ class Demo:
             raise DemoError(f"unknown entropy coder {coder!r}; choose one of {list(CODERS)}")
         return coder
 
-    def transmit(self, image, family: str = "fsq", bits=64, coder: str = "auto", label_set: str = "Tiny-ImageNet-200",
+    def transmit(self, image, family: str = "fsq", bits=64, coder: str = "auto", label_set: str = "ImageNet-1k",
                  custom: str = "", command: str = "") -> TransmitResult:
         """Image -> feature -> .scf -> decoded feature; labels, captions, masks and the pixel comparison for both."""
         from .link import SemanticLink
@@ -454,7 +454,7 @@ class Demo:
         big = [np.asarray(Image.fromarray(o).resize((256, 256), Image.BICUBIC)) for o in out]
         return GenerateResult(big[0], big[1], codec.spec, seed, steps, guidance, time.perf_counter() - t0)
 
-    def receive(self, source, label_set: str = "Tiny-ImageNet-200", custom: str = "", with_image: bool = True, seed=0,
+    def receive(self, source, label_set: str = "ImageNet-1k", custom: str = "", with_image: bool = True, seed=0,
                 steps=20, guidance=None) -> ReceiveResult:
         """Receiver only: everything from the .scf bytes (or a path to them) alone."""
         from PIL import Image

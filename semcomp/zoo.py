@@ -16,9 +16,15 @@ def shipped_codecs(backbone: str) -> list[dict]:
     if d.is_dir():
         for p in sorted(d.iterdir()):
             if (p / "config.json").exists() and (p / "model.safetensors").exists():
-                cfg = json.loads((p / "config.json").read_text())
-                card = json.loads((p / "card.json").read_text()) if (p / "card.json").exists() else {}
-                out.append({"spec": cfg["spec"], "family": cfg["family"], "bits": cfg["bits"], "path": p, "card": card})
+                try:
+                    cfg = json.loads((p / "config.json").read_text())
+                    card = json.loads((p / "card.json").read_text()) if (p / "card.json").exists() else {}
+                    out.append({"spec": str(cfg["spec"]), "family": str(cfg["family"]), "bits": int(cfg["bits"]), "path": p,
+                                "card": card if isinstance(card, dict) else {}})
+                except (OSError, ValueError, KeyError, TypeError) as e:
+                    from .codecs import CodecError
+
+                    raise CodecError(f"malformed codec folder {p}: {e}") from e
     return sorted(out, key=lambda r: (r["bits"], r["spec"]))
 
 

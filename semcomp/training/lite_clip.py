@@ -182,9 +182,8 @@ def _cached_bank(encoder, names, templates, path: Path) -> TextBank:
 
 
 def _baselines(tower_name: str, evaluate, bank: TextBank, holdout: list[int]) -> dict:
-    """Image-free alignments, for comparison: (1) a ridge map from the tower's classifier rows to the class
-    names' mean text embeddings (fitted on the classes not held out); an image embeds as its pooled feature
-    through that map. (2) the tower's softmax over the seen classes, mixing their text embeddings."""
+    """A training-free alignment, for comparison: an image embeds as the tower's softmax over the seen
+    classes mixing those classes' mean text embeddings."""
     from ..lite_clip import LiteClip, LiteClipConfig
     from ..towers import load_tower
 
@@ -198,12 +197,6 @@ def _baselines(tower_name: str, evaluate, bank: TextBank, holdout: list[int]) ->
         with torch.no_grad():
             model.text_projection.linear.weight.copy_(torch.eye(384))
             model.text_projection.linear.bias.zero_()
-            X, Y = W[seen], T[seen]
-            lam = 1.0
-            M = torch.linalg.solve(X.T @ X + lam * torch.eye(X.shape[1]), X.T @ Y)  # (C, 384)
-            model.image_projection.linear.weight.copy_(M.T)
-            model.image_projection.linear.bias.zero_()
-        out[f"ridge_rows_to_text_{mode}"] = evaluate(model)
 
         class Mixture(torch.nn.Module):  # embedding = softmax over seen classes . their text embeddings
             def forward(self, pooled):
@@ -225,8 +218,9 @@ def main(argv=None) -> None:
 
     ap = argparse.ArgumentParser(description="align a frozen ImageNet tower to all-MiniLM-L6-v2; measure; save")
     ap.add_argument("--variants", nargs="+", default=["efficientnet-lite0@224:0:0"],
-                    help="tower@size:image_hidden:text_hidden")
+                    help="tower@size:image_hidden:text_hidden[:label_weight]")
     ap.add_argument("--train-shards", type=int, default=None, help="first N Tiny-ImageNet train shards (1,000 images each)")
+    ap.add_argument("--val-shards", type=int, default=None, help="first N Tiny-ImageNet val shards to measure on")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--label-weight", type=float, default=0.0)
     ap.add_argument("--teacher-temperature", type=float, default=1.0)
@@ -255,14 +249,17 @@ def main(argv=None) -> None:
 
     report = {"command": "python -m semcomp.training.lite_clip " + " ".join(argv or __import__("sys").argv[1:]),
               "eval_prompt": EVAL_TEMPLATE, "train_templates": len(train_templates()), "text_sentences": int(len(bank.cls)),
+              "machine": {"cpu": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), ""),
+                          "cores": os.cpu_count(), "torch": torch.__version__, "load_average_at_start": os.getloadavg()},
               "holdout_imagenet_classes": len(holdout), "holdout_tiny_imagenet_classes": held_tin, "variants": []}
     for variant in args.variants:
-        tower_size, ih, th = variant.split(":")
+        tower_size, ih, th, *lw = variant.split(":")
         tower, size = tower_size.split("@")
         size, ih, th = int(size), int(ih), int(th)
+        label_weight = float(lw[0]) if lw else args.label_weight
         tr = load_cached(tower, size, "tin-train", args.train_shards)
         sm = load_cached(tower, size, "inet-samples")
-        va = load_cached(tower, size, "tin-val")
+        va = load_cached(tower, size, "tin-val", args.val_shards)
         pooled = torch.cat([tr["pooled"], sm["pooled"]])
         logits = torch.cat([tr["logits"], sm["logits"]])
         labels = torch.tensor([widx[w] for w in tr["wnids"] + sm["wnids"]])
@@ -291,7 +288,7 @@ def main(argv=None) -> None:
             cfg = LiteClipConfig(tower=tower, image_size=size, image_hidden=ih, text_hidden=th)
             model = LiteClip(cfg, pretrained_tower=False, load_text_encoder=False)  # tower unused: features cached
             keep = ~torch.isin(labels, torch.tensor(holdout)) if mode == "holdout" else torch.ones(len(labels), dtype=torch.bool)
-            acfg = AlignConfig(epochs=args.epochs, label_weight=args.label_weight, teacher_temperature=args.teacher_temperature,
+            acfg = AlignConfig(epochs=args.epochs, label_weight=label_weight, teacher_temperature=args.teacher_temperature,
                                holdout=holdout if mode == "holdout" else [])
             res = fit_alignment(model, pooled[keep], logits[keep], labels[keep], bank, acfg, evaluate, log_every=args.epochs)
             rec = {"variant": variant, "mode": mode, "tower": tower, "image_size": size, "image_hidden": ih, "text_hidden": th,
