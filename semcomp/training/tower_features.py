@@ -115,7 +115,7 @@ def feature_file_from_cache(backbone_name: str, split: str, out: str | Path, sha
     widx = {x["wnid"]: x["index"] for x in classes}
     labels = np.array([widx.get(w, -1) for w in c["wnids"]], np.int64)
     names = [x["name"] for x in classes]
-    text, template = text_features(bb, names, None)
+    text, template = text_features(bb, names, "a photo of a {}.")
     meta = {"backbone": bb.name, "dataset": "tiny-imagenet", "split": split.replace("tin-", ""), "class_names": names,
             "template": template, "source": f"cached {cfg.tower}@{cfg.image_size} pooled features of {split} "
             f"({len(feats)} images, first {shards or 'all'} shards)", "images": int(len(feats)), "processes": 1}
