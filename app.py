@@ -120,6 +120,8 @@ def stats_markdown(r, backbone: str) -> str:
         f"| fixed-length symbols | **{r.fixed_bits} bits** ({r.fixed_bits / r.dim:.3f} bits/dim) |\n"
         f"| {payload} | **{r.payload_bits} bits** |\n"
         f"| whole `.scf` file (header + CRC) | {len(r.blob)} bytes |\n"
+        f"| the same feature as one frame of a stream (codec announced once in {r.announce_bytes} bytes) | "
+        f"**{r.frame_bytes} bytes** (sequence + payload + CRC-16; {'fits' if r.frame_bytes <= 51 else 'exceeds'} a 51-byte LoRa frame) |\n"
         f"| float32 feature | {fl} bits → ratio **{fl / max(1, r.payload_bits):.0f}×** |\n"
         f"| JPEG q75 of this image ({w}×{h}) | {r.jpeg_bits} bits ({r.jpeg_bits / (w * h):.3f} bpp) → "
         f"{r.jpeg_bits / max(1, r.payload_bits):.0f}× more |\n"

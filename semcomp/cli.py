@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .backbone import EMBEDDED_DEFAULT
 logger = logging.getLogger("semcomp")
 
 
@@ -541,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     e = sub.add_parser("extract", help="images -> CLIP feature file (safetensors)")
-    e.add_argument("--backbone", default="semcomp-tiny-clip")
+    e.add_argument("--backbone", default=EMBEDDED_DEFAULT)
     e.add_argument("--dataset", default="tiny-imagenet", choices=["tiny-imagenet", "imagenet", "cifar10", "cifar100", "stl10", "folder"])
     e.add_argument("--split", default="val", choices=["train", "val"], help="val = the test split for CIFAR/STL")
     e.add_argument("--source", help="dataset folder: Tiny-ImageNet or ImageNet folder layout, or a folder with labels.csv")
@@ -683,7 +684,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("send", help="image(s) -> CLIP features -> one .scf bitstream")
     s.add_argument("images", nargs="+")
-    s.add_argument("--backbone", default="semcomp-tiny-clip")
+    s.add_argument("--backbone", default=EMBEDDED_DEFAULT)
     s.add_argument("--codec", help="shipped codec spec (default: the best measured at --bits)")
     s.add_argument("--bits", type=int, default=256)
     s.add_argument("--coder", default="auto", choices=["auto", "raw", "huffman", "ans"])
@@ -716,7 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("segment", help="image + text command (sent compressed) -> best mask overlay")
     g.add_argument("image")
     g.add_argument("--command", required=True)
-    g.add_argument("--backbone", default="semcomp-tiny-clip")
+    g.add_argument("--backbone", default=EMBEDDED_DEFAULT)
     g.add_argument("--codec")
     g.add_argument("--bits", type=int, default=256)
     g.add_argument("--sam-checkpoint", help="segment-anything checkpoint for SAM mask proposals (needs a download)")
@@ -765,7 +766,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("internal error, please report it: %s: %s%s", type(e).__name__, e, "" if a.verbose else " (-v shows the traceback)")
         if a.verbose:
             logger.exception("traceback")
-        return 1
+        return 2  # every failure exits 2; the message says the fault is ours, not the input's
     return 0
 
 

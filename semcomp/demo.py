@@ -73,6 +73,8 @@ class TransmitResult:
     plot: np.ndarray | None  # the family's measured accuracy-vs-bits curve, rendered to RGB pixels
     elapsed_s: float  # wall time of the whole request on this server
     timings: dict[str, float] = field(default_factory=dict)  # per step, seconds
+    frame_bytes: int = 0  # the same feature as one frame of a framed stream (semcomp.framing): seq + payload + CRC-16
+    announce_bytes: int = 0  # that stream's one-time codec announcement
 
     @property
     def coder_text(self) -> str:
@@ -421,13 +423,17 @@ class Demo:
         px_jpeg, px_learned, px_note = self.same_bytes(image, len(tx.blob))
         timings["same bytes as pixels"] = time.perf_counter() - t
         plot = self.plot(family, codec.spec)
+        from .framing import MAX_FRAME, FrameSender
+
+        sender = FrameSender(codec, max_frame=MAX_FRAME)
+        frame = sender.frame_symbols(codec.encode(tx.original.reshape(1, -1))[0])
         return TransmitResult(
             spec=codec.spec, fixed_bits=codec.bits, coder=SemanticLink.coder_of(tx.blob), payload_bits=tx.payload_bits,
             blob=tx.blob, cosine=tx.cosine, dim=codec.dim, image_size=image.size, jpeg_bits=8 * len(jpeg.getvalue()),
             labels_original=dict(zip(orig.labels, orig.probs)), labels_decoded=dict(zip(dec.labels, dec.probs)),
             caption_original=cap_o, caption_decoded=cap_d, segment_original=seg_o, segment_decoded=seg_d,
             segment_note=seg_note, pixels_jpeg=px_jpeg, pixels_learned=px_learned, pixels_note=px_note, plot=plot,
-            elapsed_s=time.perf_counter() - t0, timings=timings)
+            elapsed_s=time.perf_counter() - t0, timings=timings, frame_bytes=len(frame), announce_bytes=len(sender.announce()))
 
     def _generation_args(self, seed, steps, guidance) -> tuple[int, int, float]:
         return (check_int("the seed", seed, 0, MAX_SEED), check_int("the number of denoising steps", steps, 1, MAX_STEPS),

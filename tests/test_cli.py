@@ -254,9 +254,9 @@ def test_an_unexpected_error_is_one_line_exit_1_traceback_only_with_v(tmp_path, 
     monkeypatch.setattr(cli, "cmd_decode", boom)
     argv = ["decode", "--codec", "c", "--in", "i", "--out", str(tmp_path / "o")]
     caplog.clear()
-    assert main(argv) == 1
+    assert main(argv) == 2
     errors = [r for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and "TypeError: a bug" in errors[0].getMessage() and errors[0].exc_info is None
     caplog.clear()
-    assert main(["-v"] + argv) == 1
+    assert main(["-v"] + argv) == 2
     assert any(r.exc_info for r in caplog.records)  # -v: the traceback, for a bug report

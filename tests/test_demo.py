@@ -41,6 +41,8 @@ def test_transmit_an_example_end_to_end(demo):
     assert ("learned pixel codec (`" in r.pixels_note) == (r.pixels_learned is not None)
     assert r.plot.ndim == 3 and r.elapsed_s > 0 and set(r.timings) >= {"captions", "segmentation"}
     assert r.coder in ("raw", "ans", "huffman") and ("not entropy-coded" in r.coder_text) == (r.coder == "raw")
+    # a framed message costs at most the raw payload + 3 bytes, far below the self-describing .scf
+    assert 3 < r.frame_bytes <= 128 // 8 + 3 < len(r.blob) and r.announce_bytes > 0
     # the receiver gets the same labels and caption from the bytes alone
     rx = demo.receive(r.blob, "Tiny-ImageNet-200", "", True, 0, 2, 3.0)
     assert rx.spec == r.spec and rx.labels == r.labels_decoded and rx.caption == r.caption_decoded

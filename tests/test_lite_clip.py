@@ -133,3 +133,26 @@ def test_bridge_fits_saves_and_wraps_a_head(tmp_path):
     (out / "config.json").write_text(json.dumps({"backbone": "x", "base": "y", "in_dim": 10**9}))
     with pytest.raises(ValueError):
         load_bridge(out)
+
+
+@pytest.mark.slow
+def test_shipped_default_backbone_knows_a_photo_and_every_head_runs():
+    """The real shipped weights: an aeroplane photo is an airliner, and the bridged heads caption and draw it."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    from semcomp.backbone import EMBEDDED_DEFAULT, load_backbone
+    from semcomp.heads.zeroshot import ZeroShotClassifier
+    from semcomp.receiver import load_head, shipped_heads
+
+    bb = load_backbone(EMBEDDED_DEFAULT)
+    photo = Image.open(Path(__file__).resolve().parents[1] / "assets" / "examples" / "kodim20.jpg")
+    f = bb.encode_images([photo])
+    clf = ZeroShotClassifier.from_backbone(bb, ["airliner", "golden retriever", "pizza", "barn", "teapot"])
+    assert clf.predict(f, 1)[0].labels == ["airliner"]
+    assert {"caption", "generate"} <= set(shipped_heads(EMBEDDED_DEFAULT))
+    caption = load_head("caption", EMBEDDED_DEFAULT).caption(f, backbone=EMBEDDED_DEFAULT)[0]
+    assert isinstance(caption, str) and len(caption.split()) >= 2
+    img = load_head("generate", EMBEDDED_DEFAULT).generate(f, steps=2, seed=0)[0]
+    assert img.shape == (64, 64, 3)
