@@ -97,11 +97,12 @@ class LiteClip(nn.Module):
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         return self.encode_pooled(self.tower(images), normalize)
 
-    def dense_features(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> (B, E, h, w): the image projection at every location of the feature map, normalised."""
+    def dense_features(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, E, h, w): the image projection at every location of the feature map. Unnormalised,
+        the mean over any region equals that region's pooled embedding before normalisation (linear map)."""
         fmap = self.tower.feature_map(images)  # (B, C, h, w)
         z = self.image_projection(fmap.permute(0, 2, 3, 1).float())  # (B, h, w, E)
-        return F.normalize(z, dim=-1).permute(0, 3, 1, 2)
+        return (F.normalize(z, dim=-1) if normalize else z).permute(0, 3, 1, 2)
 
     def encode_sentence_embeddings(self, s: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         z = self.text_projection(s)
@@ -114,12 +115,13 @@ class LiteClip(nn.Module):
     def preprocess(self):
         return tower_transform(self.cfg.tower, self.cfg.image_size)
 
-    def normalize_uint8_batch(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, 3) uint8 -> the tower's input: bicubic resize to image_size (small images are upsampled)."""
+    def normalize_uint8_batch(self, x: torch.Tensor, size: int | None = None) -> torch.Tensor:
+        """(B, H, W, 3) uint8 -> the tower's input: bicubic resize to ``size`` (default image_size) squared."""
         spec = TOWERS[self.cfg.tower]
+        size = size or self.cfg.image_size
         x = x.permute(0, 3, 1, 2).float().div_(255.0)
-        if x.shape[-1] != self.cfg.image_size or x.shape[-2] != self.cfg.image_size:
-            x = F.interpolate(x, size=(self.cfg.image_size, self.cfg.image_size), mode="bicubic", align_corners=False).clamp_(0, 1)
+        if x.shape[-1] != size or x.shape[-2] != size:
+            x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False).clamp_(0, 1)
         mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
         std = torch.tensor(spec.std).view(1, 3, 1, 1)
         return (x - mean) / std

@@ -156,3 +156,27 @@ def test_shipped_default_backbone_knows_a_photo_and_every_head_runs():
     assert isinstance(caption, str) and len(caption.split()) >= 2
     img = load_head("generate", EMBEDDED_DEFAULT).generate(f, steps=2, seed=0)[0]
     assert img.shape == (64, 64, 3)
+
+
+def test_dense_segmentation_scores_a_whole_image_mask_as_the_image_embedding():
+    """One tower pass scores every proposal: the full-image mask's embedding is the image's own embedding."""
+    import numpy as np
+
+    from semcomp.backbone import Backbone
+    from semcomp.heads.segment import TextSegmenter
+
+    torch.manual_seed(0)
+    model = LiteClip(LiteClipConfig(image_size=64), pretrained_tower=False, load_text_encoder=False)
+    bb = Backbone("t", model, model.preprocess(), None, 384)
+    img = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    seg = TextSegmenter(bb, proposals="boxes", dense_size=64)
+    assert seg.dense
+    image, masks, z = seg.embed_proposals(img)
+    full = np.ones((1,) + masks.shape[1:], bool)
+    seg.propose = lambda small: [full[0]]
+    _, _, z_full = seg.embed_proposals(img)
+    with torch.no_grad():
+        ref = model.encode_image(model.normalize_uint8_batch(torch.from_numpy(img)[None], 64))
+    assert torch.allclose(z_full, ref, atol=1e-4) and z.shape == (len(masks), 384)
+    r = seg.rank(image, masks, z, z[3], top_k=1)
+    assert r.scores[0] == pytest.approx(1.0, abs=1e-5)  # a proposal's own feature ranks it first

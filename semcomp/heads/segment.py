@@ -127,8 +127,13 @@ class TextSegmenter:
     """Rank mask proposals of an image by CLIP similarity to a (decoded) text-command feature."""
 
     def __init__(self, backbone, proposals: str = "superpixels+boxes", sam_checkpoint=None, work_size: int = 128,
-                 sam_kwargs: dict | None = None):
+                 sam_kwargs: dict | None = None, dense: bool | None = None, dense_size: int = 320):
         self.backbone = backbone
+        # A backbone with a dense map (a linear projection after average pooling, semcomp.lite_clip) scores every
+        # proposal from ONE tower pass: a region's embedding is the mean of the projected feature map under it.
+        # Otherwise each proposal's masked crop is encoded (one tower pass per proposal).
+        self.dense = hasattr(backbone.model, "dense_features") if dense is None else dense
+        self.dense_size = dense_size  # input side for the dense pass: 320 px -> a 10x10 map for a stride-32 tower
         self.proposals = proposals
         self.sam_checkpoint = sam_checkpoint  # a SAM checkpoint path, or a built segment_anything ``Sam``
         self.sam_kwargs = sam_kwargs or {}
@@ -169,9 +174,17 @@ class TextSegmenter:
         H, W = image.shape[:2]
         scale = self.work_size / max(H, W)
         small = image if scale >= 1 else np.asarray(Image.fromarray(image).resize((max(8, round(W * scale)), max(8, round(H * scale))), Image.BILINEAR))
-        masks = self.propose(small)
-        z = self.backbone.encode_images([masked_crop(small, m) for m in masks])
-        return image, np.stack(masks), z
+        masks = np.stack(self.propose(small))
+        if self.dense:
+            model = self.backbone.model
+            x = model.normalize_uint8_batch(torch.from_numpy(np.array(small))[None], self.dense_size)
+            dense = model.dense_features(x, normalize=False)[0]  # (E, h, w), unnormalised
+            # each mask's share of every map cell, then the area-weighted mean of the projected features
+            w = F.adaptive_avg_pool2d(torch.from_numpy(masks).float()[:, None], dense.shape[1:])[:, 0]  # (M, h, w)
+            z = F.normalize(torch.einsum("mhw,ehw->me", w, dense) / w.sum((1, 2)).clamp_min(1e-6)[:, None], dim=-1)
+        else:
+            z = self.backbone.encode_images([masked_crop(small, m) for m in masks])
+        return image, masks, z
 
     def rank(self, image: np.ndarray, masks: np.ndarray, z: torch.Tensor, text_feature, top_k: int = 3) -> SegmentResult:
         t = torch.as_tensor(text_feature, dtype=torch.float32).reshape(-1)
