@@ -19,7 +19,7 @@ import torch.nn.functional as F
 logger = logging.getLogger(__name__)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-EMBEDDED_DEFAULT = "semcomp-tiny-clip"
+EMBEDDED_DEFAULT = "semcomp-lite-clip"  # pretrained EfficientNet-Lite0 + MiniLM (semcomp.lite_clip)
 REAL_BACKBONES = {  # name -> embedding dim; need a download on first use
     "ViT-B-32/openai": 512,
     "ViT-L-14/openai": 768,
