@@ -132,7 +132,7 @@ class TextSegmenter:
         # A backbone with a dense map (a linear projection after average pooling, semcomp.lite_clip) scores every
         # proposal from ONE tower pass: a region's embedding is the mean of the projected feature map under it.
         # Otherwise each proposal's masked crop is encoded (one tower pass per proposal).
-        self.dense = hasattr(backbone.model, "dense_features") if dense is None else dense
+        self.dense = hasattr(getattr(backbone, "model", None), "dense_features") if dense is None else dense
         self.dense_size = dense_size  # input side for the dense pass: 320 px -> a 10x10 map for a stride-32 tower
         self.proposals = proposals
         self.sam_checkpoint = sam_checkpoint  # a SAM checkpoint path, or a built segment_anything ``Sam``

@@ -52,8 +52,21 @@ def shard_paths(split: str) -> list[Path]:
     return sorted((assets_dir() / folder).glob(pattern))
 
 
-def cache_path(tower: str, size: int, shard: Path) -> Path:
-    return CACHE / f"{tower}-{size}" / (shard.name.replace(".tar.gz", "") + f"-{shard.parent.name}.safetensors")
+def cache_path(tower: str, size: int, shard: Path, view: int = 0) -> Path:
+    """View 0 is the plain image; views 1.. are seeded random crops + flips of it (augmented copies)."""
+    suffix = f"-view{view}" if view else ""
+    return CACHE / f"{tower}-{size}" / (shard.name.replace(".tar.gz", "") + f"-{shard.parent.name}{suffix}.safetensors")
+
+
+def augment_transform(name: str, size: int, seed: int):
+    """A seeded random view: crop 35-100 % of the area, flip half the time (photo-like variety for codecs)."""
+    from torchvision import transforms as T
+
+    spec = TOWERS[name]
+    torch.manual_seed(seed)
+    return T.Compose([T.Lambda(lambda im: im.convert("RGB")),
+                      T.RandomResizedCrop(size, scale=(0.35, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+                      T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(spec.mean, spec.std)])
 
 
 @torch.inference_mode()
@@ -77,13 +90,13 @@ def extract_shard(model, transform, shard: Path, out: Path, batch_size: int = 64
     tmp.replace(out)  # atomic: a killed run never leaves a half file
 
 
-def load_cached(tower: str, size: int, split: str, shards: int | None = None) -> dict:
+def load_cached(tower: str, size: int, split: str, shards: int | None = None, view: int = 0) -> dict:
     """Concatenate the cached shards of a split: ``{"pooled", "logits", "keys", "wnids"}``."""
     from safetensors import safe_open
 
     pooled, logits, keys, wnids = [], [], [], []
     for shard in shard_paths(split)[:shards]:
-        p = cache_path(tower, size, shard)
+        p = cache_path(tower, size, shard, view)
         if not p.exists():
             continue
         with safe_open(str(p), "pt") as f:
@@ -123,25 +136,65 @@ def feature_file_from_cache(backbone_name: str, split: str, out: str | Path, sha
     return Path(out)
 
 
+def codec_training_file(backbone_name: str, out: str | Path, shards: int | None, views: int, split_name: str = "tiny-imagenet") -> Path:
+    """The codecs' training features: Tiny-ImageNet train images of the split's training classes, plus the
+    ImageNet sample photos (and their cached random views) except those of the split's test classes — so
+    codecs see real 224 px photos, not only upsampled 64 px thumbnails. Labels: Tiny-ImageNet index or -1."""
+    import numpy as np
+
+    from ..backbone import load_backbone
+    from ..data import FeatureSet, save_features, tiny_imagenet_classes
+    from ..splits import class_split
+
+    bb = load_backbone(backbone_name)
+    cfg = bb.model.cfg
+    classes = tiny_imagenet_classes(assets_dir() / "tiny-imagenet")
+    widx = {x["wnid"]: x["index"] for x in classes}
+    test = set(class_split(split_name)["test_classes"])
+    parts = [load_cached(cfg.tower, cfg.image_size, "tin-train", shards)]
+    parts += [load_cached(cfg.tower, cfg.image_size, "inet-samples", None, v) for v in range(views + 1)]
+    pooled = torch.cat([p["pooled"] for p in parts])
+    labels = np.array([widx.get(w, -1) for p in parts for w in p["wnids"]], np.int64)
+    keep = ~np.isin(labels, list(test))
+    with torch.no_grad():
+        feats = torch.nn.functional.normalize(bb.model.encode_pooled(pooled[torch.from_numpy(keep)]), dim=-1).numpy()
+    n_photo = int(keep[len(parts[0]["wnids"]):].sum())
+    meta = {"backbone": bb.name, "dataset": "tiny-imagenet+imagenet-samples", "split": "train",
+            "source": f"cached {cfg.tower}@{cfg.image_size}: Tiny-ImageNet train (first {shards or 'all'} shards) of the "
+            f"{split_name} training classes + {n_photo} ImageNet sample photo views ({views} random views each); "
+            f"the {len(test)} test classes left out", "images": int(keep.sum()), "processes": 1,
+            "class_names": [x["name"] for x in classes]}
+    save_features(out, FeatureSet(feats, labels[keep], meta))
+    return Path(out)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tower", choices=sorted(TOWERS), default="efficientnet-lite0")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--split", nargs="+", choices=sorted(SPLITS), default=["tin-val"])
     ap.add_argument("--shards", type=int, default=None, help="first N shards of each split (1,000 images each)")
+    ap.add_argument("--views", type=int, default=0, help="also cache this many seeded random views of each image")
     ap.add_argument("--feature-file", metavar="OUT", help="instead: write OUT, a feature file of --backbone over the "
                     "cached features of the (one) --split")
     ap.add_argument("--backbone", default="semcomp-lite-clip")
+    ap.add_argument("--codec-train-file", metavar="OUT", help="instead: write OUT, the codecs' training features "
+                    "(Tiny-ImageNet train classes + ImageNet sample photos and --views views)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
+    if args.codec_train_file:
+        codec_training_file(args.backbone, args.codec_train_file, args.shards, args.views)
+        return
     if args.feature_file:
         feature_file_from_cache(args.backbone, args.split[0], args.feature_file, args.shards)
         return
     model, transform = load_tower(args.tower), tower_transform(args.tower, args.size)
     for split in args.split:
-        todo = [s for s in shard_paths(split)[: args.shards] if not cache_path(args.tower, args.size, s).exists()]
-        for shard in tqdm(todo, desc=f"{args.tower}@{args.size} {split}", mininterval=30):
-            extract_shard(model, transform, shard, cache_path(args.tower, args.size, shard))
+        for view in range(args.views + 1):
+            todo = [s for s in shard_paths(split)[: args.shards] if not cache_path(args.tower, args.size, s, view).exists()]
+            for i, shard in enumerate(tqdm(todo, desc=f"{args.tower}@{args.size} {split} view {view}", mininterval=30)):
+                tf = transform if view == 0 else augment_transform(args.tower, args.size, 1000 * view + i)
+                extract_shard(model, tf, shard, cache_path(args.tower, args.size, shard, view))
 
 
 if __name__ == "__main__":
