@@ -126,7 +126,26 @@ class SentenceEncoder(nn.Module):
         return torch.cat(out)
 
 
-class EmbeddedClip(nn.Module):
+class FrozenSentenceText:
+    """The text side both embedded CLIPs share: the frozen sentence encoder (held in ``self._sentence``, a list,
+    so its packaged weights stay out of the state dict; built on first use) + the trained ``text_projection``."""
+
+    @property
+    def sentence_encoder(self) -> SentenceEncoder:
+        if not self._sentence:
+            self._sentence.append(SentenceEncoder())
+        return self._sentence[0]
+
+    def encode_sentence_embeddings(self, s: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        z = self.text_projection(s)
+        return F.normalize(z, dim=-1) if normalize else z
+
+    def encode_text(self, texts, normalize: bool = True) -> torch.Tensor:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        return self.encode_sentence_embeddings(self.sentence_encoder(texts), normalize)
+
+
+class EmbeddedClip(FrozenSentenceText, nn.Module):
     """open_clip-compatible dual encoder. ``encode_text`` takes a list of strings (no token ids)."""
 
     def __init__(self, cfg: EmbeddedClipConfig | None = None, load_text_encoder: bool = True):
@@ -139,25 +158,9 @@ class EmbeddedClip(nn.Module):
         # pip package, ours hold only what we trained.
         self._sentence = [SentenceEncoder()] if load_text_encoder else []
 
-    @property
-    def sentence_encoder(self) -> SentenceEncoder:
-        if not self._sentence:
-            self._sentence.append(SentenceEncoder())
-        return self._sentence[0]
-
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         z = self.visual(images)
         return F.normalize(z, dim=-1) if normalize else z
-
-    def encode_sentence_embeddings(self, s: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        z = self.text_projection(s)
-        return F.normalize(z, dim=-1) if normalize else z
-
-    def encode_text(self, texts: list[str], normalize: bool = True) -> torch.Tensor:
-        if isinstance(texts, str):
-            texts = [texts]
-        s = self.sentence_encoder(list(texts))
-        return self.encode_sentence_embeddings(s, normalize)
 
     def preprocess(self):
         """torchvision transform from a PIL image to the tower's normalised input."""

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .embedded_clip import SentenceEncoder
+from .embedded_clip import FrozenSentenceText, SentenceEncoder
 from .towers import TOWERS, load_tower, tower_transform
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class Projection(nn.Module):
         return y if self.mlp is None else y + self.mlp(x)
 
 
-class LiteClip(nn.Module):
+class LiteClip(FrozenSentenceText, nn.Module):
     """open_clip-compatible dual encoder; ``encode_text`` takes strings. The towers are not in the state dict."""
 
     def __init__(self, cfg: LiteClipConfig | None = None, pretrained_tower: bool = True, load_text_encoder: bool = True):
@@ -83,12 +83,6 @@ class LiteClip(nn.Module):
     def tower(self):
         return self._tower[0]
 
-    @property
-    def sentence_encoder(self) -> SentenceEncoder:
-        if not self._sentence:
-            self._sentence.append(SentenceEncoder())
-        return self._sentence[0]
-
     def encode_pooled(self, pooled: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """The tower's pooled feature (B, C) -> joint embedding (B, E)."""
         z = self.image_projection(pooled)
@@ -103,14 +97,6 @@ class LiteClip(nn.Module):
         fmap = self.tower.feature_map(images)  # (B, C, h, w)
         z = self.image_projection(fmap.permute(0, 2, 3, 1).float())  # (B, h, w, E)
         return (F.normalize(z, dim=-1) if normalize else z).permute(0, 3, 1, 2)
-
-    def encode_sentence_embeddings(self, s: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        z = self.text_projection(s)
-        return F.normalize(z, dim=-1) if normalize else z
-
-    def encode_text(self, texts, normalize: bool = True) -> torch.Tensor:
-        texts = [texts] if isinstance(texts, str) else list(texts)
-        return self.encode_sentence_embeddings(self.sentence_encoder(texts), normalize)
 
     def preprocess(self):
         return tower_transform(self.cfg.tower, self.cfg.image_size)
