@@ -105,7 +105,7 @@ def test_altered_weights_are_refused(synthetic, tmp_path):
 
 
 def test_registry_lists_every_family():
-    assert set(CODECS) == {"dsq", "fsq", "vqvae", "pqvae", "aesq"}
+    assert set(CODECS) == {"dsq", "fsq", "vqvae", "pqvae", "aesq", "prq"}
     assert cosine_loss(torch.ones(2, 3), torch.ones(2, 3)).abs() < 1e-6
 
 

@@ -10,9 +10,11 @@ from .aesq import AutoencoderScalarQuantizer
 from .base import MAX_SPEC_LEN, Codec, CodecError, fixed_bits, short
 from .dsq import DirectScalarQuantizer
 from .fsq import FSQCodec
+from .progressive import ProgressiveRQ
 from .vq import PQVAE, VQVAE
 
-CODECS: dict[str, type[Codec]] = {c.family: c for c in (DirectScalarQuantizer, FSQCodec, VQVAE, PQVAE, AutoencoderScalarQuantizer)}
+CODECS: dict[str, type[Codec]] = {c.family: c for c in (DirectScalarQuantizer, FSQCodec, VQVAE, PQVAE, AutoencoderScalarQuantizer,
+                                                          ProgressiveRQ)}
 
 __all__ = ["CODECS", "Codec", "CodecError", "create_codec", "load_codec", "list_codecs", "fixed_bits"]
 

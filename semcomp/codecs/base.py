@@ -287,7 +287,9 @@ class Codec(nn.Module):
         """Features (N, D) -> one self-describing ``.scf`` bitstream.
 
         ``coder="auto"`` writes whichever coder gives the smallest payload: ANS carries a 32-bit state, so
-        for one or a few features Huffman or raw fixed-length codes are often shorter."""
+        for one or a few features Huffman or raw fixed-length codes are often shorter. With ``"ans"`` or
+        ``"huffman"`` the stream falls back to raw (coder id 0 in the header) whenever the entropy-coded payload
+        would be longer than the fixed-length one, so a stream never costs more than the fixed bits."""
         if coder not in CODER_IDS and coder != "auto":
             raise CodecError(f"unknown entropy coder {coder!r}; choose one of {sorted(CODER_IDS) + ['auto']}")
         symbols = self.encode(x, precision).numpy()
@@ -298,6 +300,12 @@ class Codec(nn.Module):
             payload = payloads[coder]
         else:
             payload = self.entropy_coder.encode(symbols, coder)
+            if coder != "raw":
+                # An entropy model fitted on other data can cost more than the fixed bits (aesq-c128l4 once
+                # coded 256 bits as 256.5): then this stream is written raw, and the header's coder id says so.
+                raw = self.entropy_coder.encode(symbols, "raw")
+                if len(raw) < len(payload):
+                    coder, payload = "raw", raw
         header = bitstream.Header(self.family, CODER_IDS[coder], self.dim, len(symbols), self.weights_hash, self.spec, self.backbone)
         return bitstream.pack(header, payload)
 
@@ -315,8 +323,13 @@ class Codec(nn.Module):
         ``bitstream.BitstreamLimitError`` (a ``BitstreamError``) names the limit exceeded."""
         return self.decode(self._decompress_symbols(data, self.decoded_bytes_per_item(), max_items, max_decoded_bytes))
 
-    def _decompress_symbols(self, data, bytes_per_item: int, max_items, max_decoded_bytes) -> np.ndarray:
+    def _checked_header(self, data) -> tuple[bitstream.Header, bytes]:
+        """Unpack a stream and check it was made by this codec (version, spec, weights, dim, backbone)."""
         header, payload = bitstream.unpack(data)
+        want = bitstream.PROGRESSIVE_VERSION if self.family in bitstream.PROGRESSIVE_FAMILIES else bitstream.FORMAT_VERSION
+        if header.version != want:
+            raise bitstream.BitstreamError(f"version {header.version} stream from {header.spec!r} given to {self.spec!r}, "
+                                           f"which reads version {want} streams only")
         if header.codec_family != self.family or header.spec != self.spec:
             raise bitstream.BitstreamError(f"bitstream was made by codec {header.spec!r}, this codec is {self.spec!r}")
         if header.weights_hash != self.weights_hash:
@@ -325,6 +338,10 @@ class Codec(nn.Module):
             raise bitstream.BitstreamError(f"bitstream is for {header.dim}-d features, codec expects {self.dim}")
         if header.backbone != self.backbone:
             raise bitstream.BitstreamError(f"bitstream is for backbone {header.backbone!r}, codec is for {self.backbone!r}")
+        return header, payload
+
+    def _decompress_symbols(self, data, bytes_per_item: int, max_items, max_decoded_bytes) -> np.ndarray:
+        header, payload = self._checked_header(data)
         # the caller's bounds, from the header alone: nothing decoded or allocated yet
         bitstream.check_limits(header.count, bytes_per_item, max_items, max_decoded_bytes, what=f"{self.spec} bitstream")
         try:

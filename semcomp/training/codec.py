@@ -75,6 +75,11 @@ def train_codec(spec: str, features: np.ndarray, epochs: int = 30, batch_size: i
     checkpoint is deleted when the run finishes."""
     from tqdm import tqdm
 
+    if spec.startswith("prq-"):  # progressive codecs: residual k-means + nested fine-tuning with early stopping
+        from .progressive import train_progressive
+
+        return train_progressive(spec, features, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, val_frac=val_frac,
+                                 codec_kwargs=codec_kwargs, progress=progress)
     run = {"spec": spec, "features_sha256": features_sha256(features), "epochs": epochs, "batch_size": batch_size,
            "lr": lr, "weight_decay": weight_decay, "seed": seed, "val_frac": val_frac,
            "codec_kwargs": dict(sorted((codec_kwargs or {}).items()))}

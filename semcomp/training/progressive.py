@@ -1,0 +1,211 @@
+"""Training of the progressive residual quantiser (``semcomp train --spec prq-...``).
+
+1. Initialisation by residual k-means (faiss.Kmeans): bias = the mean feature; each own stage's codebook is
+   k-means on what the stages before it leave; the shared codebook is k-means on the residual after the own
+   stages, and each shared stage's scale the least-squares fit of its residual by its greedy codewords.
+2. Nested (Matryoshka-style) fine-tuning of every table jointly: the loss is the mean, over the cut points that
+   are bit budgets (8, 16, 24, ... bits), of ``1 - cos(decoded prefix, x)``, each divided by its value after
+   initialisation so every budget weighs the same. Codes are re-assigned greedily at the start of every epoch and
+   held fixed within it (fixed-assignment codebook updates: the tables get gradients, the codes do not).
+   Adam works on unit-RMS copies of the codebooks and on log-scales, so a late stage (codewords ~100x smaller
+   than the first) moves by the same relative step as an early one.
+3. Early stopping on a held-out slice of the *training* features (never the evaluation classes): the learning
+   rate halves after ``patience // 2`` epochs without improvement; training stops after ``patience``.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..codecs import create_codec
+from ..codecs.progressive import ProgressiveRQ, greedy_encode
+from .codec import features_sha256, holdout_split
+
+logger = logging.getLogger(__name__)
+
+BUDGETS = (8, 16, 24, 32, 48, 64, 96, 128, 256, 512, 1024)  # the bit budgets the nested loss weighs
+
+
+def budget_cuts(codec: ProgressiveRQ) -> list[int]:
+    """Stage counts at the bit budgets this codec reaches, plus its full depth."""
+    b = codec.stage_bits
+    cuts = sorted({x // b for x in BUDGETS if x % b == 0 and x // b <= codec.num_symbols} | {codec.num_symbols})
+    return cuts
+
+
+@torch.no_grad()
+def residual_kmeans_init(codec: ProgressiveRQ, x: torch.Tensor, niter: int = 20, seed: int = 0,
+                         max_points_per_centroid: int = 64, progress: bool = False) -> None:
+    """Fill bias, own codebooks, shared codebook and scales from ``x`` (N, D) by residual k-means (faiss)."""
+    import faiss
+    from tqdm import tqdm
+
+    s, o, k = codec.params["s"], codec.params["o"], codec.params["k"]
+    d = codec.dim
+    codec.bias.copy_(x.mean(0))
+    r = x - codec.bias
+
+    def kmeans(data: torch.Tensor, stage: int) -> torch.Tensor:
+        km = faiss.Kmeans(d, k, niter=niter, seed=seed * 1000 + stage, max_points_per_centroid=max_points_per_centroid,
+                          verbose=False)
+        km.train(np.ascontiguousarray(data.numpy(), dtype=np.float32))
+        return torch.from_numpy(km.centroids.copy())
+
+    for j in tqdm(range(o), desc="residual k-means (own stages)", disable=not progress, leave=False):
+        book = kmeans(r, j)
+        codec.books[j] = book
+        idx = ((book * book).sum(1)[None] - 2 * r @ book.T).argmin(1)
+        r -= book[idx]
+    if s > o:
+        book = kmeans(r, o)
+        codec.shared[0] = book
+        norms = (book * book).sum(1)
+        for j in tqdm(range(s - o), desc="shared-stage scales", disable=not progress, leave=False):
+            a = float(r.pow(2).sum(1).mean().sqrt() / norms.mean().sqrt())  # residual RMS over codeword RMS
+            for _ in range(2):  # assign at scale a, then refit a by least squares on those codewords
+                idx = (a * a * norms[None] - 2 * a * (r @ book.T)).argmin(1)
+                c = book[idx]
+                a = float((r * c).sum() / (c * c).sum().clamp_min(1e-12))
+            a = max(a, 1e-6)
+            codec.scales[j] = a
+            idx = (a * a * norms[None] - 2 * a * (r @ book.T)).argmin(1)
+            r -= a * book[idx]
+
+
+@torch.no_grad()
+def prefix_cosines(codec: ProgressiveRQ, x: torch.Tensor, cuts: list[int], batch: int = 4096, beam: int = 1) -> np.ndarray:
+    """Mean cosine of the decoded prefix at each cut, codes from the codec's own encoder: (len(cuts),)."""
+    tot = np.zeros(len(cuts))
+    for i in range(0, len(x), batch):
+        xb = x[i : i + batch]
+        s = codec.encode(xb, stages=max(cuts), beam=beam)
+        dec = codec.prefix_decodes(s, cuts)  # (C, B, D)
+        tot += F.cosine_similarity(dec, xb[None], dim=-1).sum(1).numpy()
+    return tot / len(x)
+
+
+class _Tables(torch.nn.Module):
+    """The trainable view of a codec's tables: unit-RMS codebooks times fixed per-book gains, log-scales."""
+
+    def __init__(self, codec: ProgressiveRQ):
+        super().__init__()
+        o = codec.params["o"]
+        self.o, self.shared_on = o, codec.params["s"] > o
+        self.bias = torch.nn.Parameter(codec.bias.detach().clone())
+        g = codec.books.detach().pow(2).mean((1, 2)).sqrt().clamp_min(1e-8)  # (o,)
+        self.register_buffer("gain", g)
+        self.books = torch.nn.Parameter(codec.books.detach() / g[:, None, None])
+        gs = codec.shared.detach().pow(2).mean().sqrt().clamp_min(1e-8) if self.shared_on else torch.tensor(1.0)
+        self.register_buffer("shared_gain", gs)
+        self.shared = torch.nn.Parameter(codec.shared.detach() / gs)
+        self.log_scales = torch.nn.Parameter(codec.scales.detach().clamp_min(1e-8).log())
+
+    def tables(self) -> torch.Tensor:
+        parts = [self.gain[:, None, None] * self.books]
+        if self.shared_on:
+            parts.append((self.log_scales.exp() * self.shared_gain)[:, None, None] * self.shared)
+        return torch.cat(parts)  # (s, K, D)
+
+    @torch.no_grad()
+    def write_to(self, codec: ProgressiveRQ) -> None:
+        codec.bias.copy_(self.bias)
+        codec.books.copy_(self.gain[:, None, None] * self.books)
+        codec.shared.copy_(self.shared_gain * self.shared)
+        codec.scales.copy_(self.log_scales.exp())
+        codec._weights_hash = None
+
+
+def train_progressive(spec: str, features, epochs: int = 100, batch_size: int = 256, lr: float = 1e-3, seed: int = 0,
+                      val_frac: float = 0.1, patience: int = 6, kmeans_iters: int = 20, finetune: bool = True,
+                      max_seconds: float | None = None, codec_kwargs: dict | None = None,
+                      progress: bool = True) -> tuple[ProgressiveRQ, dict]:
+    """Residual k-means, then nested fine-tuning with early stopping on held-out training features.
+
+    Returns the best codec (by held-out nested loss, after rounding to fp16 as it is stored) and a card with
+    the curve (per epoch: train loss, held-out loss, held-out cosine at every budget cut)."""
+    from tqdm import tqdm
+
+    t0 = time.time()
+    torch.manual_seed(seed)
+    x_all = F.normalize(torch.as_tensor(np.asarray(features), dtype=torch.float32), dim=-1)
+    tr_idx, va_idx = holdout_split(len(x_all), val_frac, seed)
+    x_tr, x_va = x_all[tr_idx], x_all[va_idx]
+    codec = create_codec(spec, x_all.shape[1], **(codec_kwargs or {}))
+    if not isinstance(codec, ProgressiveRQ):
+        raise ValueError(f"train_progressive trains prq codecs, got {spec!r}")
+    residual_kmeans_init(codec, x_tr, niter=kmeans_iters, seed=seed, progress=progress)
+    init_s = time.time() - t0
+    cuts = budget_cuts(codec)
+    cos0 = prefix_cosines(codec, x_va, cuts)
+    ref = torch.as_tensor(1 - cos0, dtype=torch.float32).clamp_min(1e-6)  # per-cut normaliser
+    val0 = float(((1 - torch.as_tensor(cos0)) / ref).mean())
+    history = [{"epoch": 0, "val_loss": val0, "val_cosine": dict(zip(map(str, cuts), np.round(cos0, 5).tolist())),
+                "seconds": round(init_s, 1)}]
+    logger.info("%s init (residual k-means, %.0f s): held-out cosine %s", spec, init_s, history[0]["val_cosine"])
+    best = (val0, {k: v.detach().clone() for k, v in codec.state_dict().items()}, 0)
+    stop = "not fine-tuned"
+    if finetune:
+        tables = _Tables(codec)
+        opt = torch.optim.Adam(tables.parameters(), lr=lr)
+        steps = max(1, len(x_tr) // batch_size)
+        bad = 0
+        stop = f"max epochs ({epochs})"
+        for epoch in range(1, epochs + 1):
+            with torch.no_grad():
+                codes = torch.cat([greedy_encode(codec, c, max(cuts)) for c in x_tr.split(4096)])  # (N, m)
+            perm = torch.randperm(len(x_tr))
+            tot = 0.0
+            for it in tqdm(range(steps), desc=f"{spec} {epoch}/{epochs}", disable=not progress, leave=False):
+                b = perm[it * batch_size : (it + 1) * batch_size]
+                xb, sb = x_tr[b], codes[b]
+                tab = tables.tables()
+                words = tab[torch.arange(max(cuts))[None, :], sb]  # (B, m, D)
+                dec = tables.bias + words.cumsum(1)[:, [c - 1 for c in cuts]]  # (B, C, D)
+                per_cut = (1 - F.cosine_similarity(dec, xb[:, None], dim=-1)).mean(0)  # (C,)
+                loss = (per_cut / ref).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                tot += loss.item()
+            tables.write_to(codec)
+            cos = prefix_cosines(codec, x_va, cuts)
+            val = float(((1 - torch.as_tensor(cos)) / ref).mean())
+            history.append({"epoch": epoch, "train_loss": round(tot / steps, 5), "val_loss": round(val, 5),
+                            "val_cosine": dict(zip(map(str, cuts), np.round(cos, 5).tolist())),
+                            "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - t0, 1)})
+            logger.info("%s epoch %d: train %.4f held-out %.4f (best %.4f)", spec, epoch, tot / steps, val, best[0])
+            if val < best[0] - 1e-5:
+                best, bad = (val, {k: v.detach().clone() for k, v in codec.state_dict().items()}, epoch), 0
+            else:
+                bad += 1
+                if bad == max(1, patience // 2):
+                    for g in opt.param_groups:
+                        g["lr"] *= 0.5
+                if bad >= patience:
+                    stop = f"early stop: held-out loss not better for {patience} epochs"
+                    break
+            if max_seconds is not None and time.time() - t0 > max_seconds:
+                stop = f"time budget ({max_seconds:.0f} s) reached, before early stopping"
+                break
+    codec.load_state_dict(best[1])
+    codec.eval()
+    codec.round_to_storage_precision()
+    cos_final = prefix_cosines(codec, x_va, cuts)
+    card = {
+        "spec": spec, "bits": codec.bits, "stage_bits": codec.stage_bits, "seed": seed, "lr": lr, "batch_size": batch_size,
+        "init": f"residual k-means (faiss.Kmeans, {kmeans_iters} iterations) per own stage; shared codebook by k-means on "
+                "the residual after the own stages; shared-stage scales by least squares",
+        "finetune": ("nested loss: mean over budget cuts of (1 - cos(prefix, x)) / its value after init; codes re-assigned "
+                     "greedily each epoch, fixed within it; Adam on unit-RMS codebooks and log-scales") if finetune else None,
+        "cuts": cuts, "best_epoch": best[2], "epochs_run": len(history) - 1, "stopped": stop,
+        "train_items": int(len(x_tr)), "holdout_items": int(len(x_va)),
+        "holdout_cosine": float(cos_final[-1]),  # at full depth; every cut below
+        "holdout_cosine_at_cuts": dict(zip(map(str, cuts), np.round(cos_final, 5).tolist())),
+        "wall_time_s": round(time.time() - t0, 1), "history": history,
+        "params": int(sum(p.numel() for p in codec.parameters())), "features_sha256": features_sha256(x_all),
+    }
+    return codec, card

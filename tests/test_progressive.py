@@ -1,0 +1,182 @@
+"""The progressive codec (prq): prefixes decode, decoding is additive, streams cut without the model, bad cuts and
+foreign streams are refused; and the entropy fallback (a stream never costs more than the fixed bits)."""
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import semcomp
+from semcomp import bitstream
+from semcomp.bitstream import BitstreamError
+from semcomp.codecs import CodecError, create_codec, load_codec
+from semcomp.entropy import CODER_IDS
+from semcomp.training.progressive import budget_cuts, train_progressive
+from tests.conftest import clustered_features
+
+SPEC = "prq-s6o2k16"  # 6 stages of 4 bits: 2 own codebooks, 4 stages sharing one
+
+
+@pytest.fixture(scope="module")
+def data():
+    x, _, _ = clustered_features(n_classes=8, per_class=80, dim=32)
+    return x
+
+
+@pytest.fixture(scope="module")
+def prq(data):
+    torch.set_num_threads(1)
+    codec, card = train_progressive(SPEC, data, epochs=3, kmeans_iters=5, progress=False)
+    codec.backbone = "test-backbone"
+    return codec, card
+
+
+def forge(blob: bytes, **fields) -> bytes:
+    """Rewrite fixed header bytes (version / codec_id / coder_id) and fix the CRC, as a careful forger would."""
+    b = bytearray(blob[:-4])
+    for name, pos in (("version", 4), ("codec_id", 5), ("coder_id", 6)):
+        if name in fields:
+            b[pos] = fields[name]
+    return bytes(b) + struct.pack("<I", zlib.crc32(bytes(b)))
+
+
+def test_training_records_a_curve_and_more_stages_never_hurt(prq):
+    codec, card = prq
+    assert card["history"][0]["epoch"] == 0 and len(card["history"]) >= 2
+    cos = [card["holdout_cosine_at_cuts"][str(c)] for c in card["cuts"]]
+    assert all(b >= a - 1e-6 for a, b in zip(cos, cos[1:]))
+    assert card["best_epoch"] >= 0 and card["stopped"]
+
+
+def test_decoding_is_the_codebook_sum(prq, data):
+    codec, _ = prq
+    s = codec.encode(data[:20])
+    tables, bias = codec.additive_codebooks(), codec.additive_bias()
+    assert tables.shape == (6, 16, 32) and tables.dtype == np.float32 and bias.shape == (32,)
+    want = bias + tables[np.arange(6)[None], s.numpy()].sum(1)
+    torch.testing.assert_close(codec.decode(s), F.normalize(torch.from_numpy(want), dim=-1), atol=1e-6, rtol=0)
+
+
+def test_a_prefix_decodes_as_the_first_m_stages(prq, data):
+    codec, _ = prq
+    x = data[:30]
+    full = codec.encode(x)
+    for m in range(1, 7):
+        assert torch.equal(codec.encode(x, stages=m), full[:, :m])  # greedy: a shorter code is a prefix
+        blob = codec.compress(x, bits=4 * m)
+        assert blob == semcomp.truncate(codec.compress(x), 4 * m)
+        assert torch.equal(codec.decompress(blob), codec.decode(full[:, :m]))
+
+
+def test_truncate_round_trips(prq, data):
+    codec, _ = prq
+    blob = codec.compress(data[:7])  # 7 items x 4 bits: stages end mid-byte
+    assert semcomp.truncate(blob, 24) == blob
+    assert semcomp.truncate(semcomp.truncate(blob, 16), 8) == semcomp.truncate(blob, 8)
+    h, _ = bitstream.unpack(semcomp.truncate(blob, 12))
+    assert (h.version, h.stage_bits, h.stages, h.count) == (2, 4, 3, 7)
+    assert np.array_equal(codec.decompress_symbols(semcomp.truncate(blob, 12)), codec.encode(data[:7])[:, :3].numpy())
+
+
+def test_beam_search_never_loses_to_greedy_at_full_depth(prq, data):
+    codec, _ = prq
+    x = data[:100]
+    tables, bias = torch.from_numpy(codec.additive_codebooks()), torch.from_numpy(codec.additive_bias())
+
+    def err(s):
+        return ((x - bias - tables[torch.arange(6)[None], s].sum(1)) ** 2).sum(1)
+
+    g, b = err(codec.encode(x)), err(codec.encode(x, beam=8))
+    assert (b <= g + 1e-5).all() and b.mean() < g.mean()
+
+
+@pytest.mark.parametrize("bits,msg", [(6, "inside a stage"), (2, "below the first stage"), (28, "holds only 24 bits")])
+def test_bad_cuts_are_refused(prq, data, bits, msg):
+    codec, _ = prq
+    with pytest.raises(BitstreamError, match=msg):
+        semcomp.truncate(codec.compress(data[:3]), bits)
+    with pytest.raises(CodecError, match="multiples of 4"):
+        codec.compress(data[:3], bits=bits)
+
+
+def test_foreign_and_forged_streams_are_refused(prq, data, synthetic):
+    codec, _ = prq
+    blob = codec.compress(data[:3])
+    other = create_codec(SPEC, 32)  # same spec, other weights
+    other.backbone = codec.backbone
+    with pytest.raises(BitstreamError, match="weights hash differs"):
+        other.decompress(blob)
+    aesq = create_codec("aesq-c8l4", 32, hidden=16)
+    with pytest.raises(BitstreamError, match="version 2 stream .* reads version 1"):
+        aesq.decompress(blob)  # a v2 stream given to a v1-only codec
+    with pytest.raises(BitstreamError, match="format version 2 stream from codec family 'aesq'"):
+        bitstream.unpack(forge(blob, codec_id=bitstream.CODEC_IDS["aesq"]))
+    with pytest.raises(BitstreamError, match="format version 1 stream from codec family 'prq'"):
+        bitstream.unpack(forge(blob, version=1))
+    with pytest.raises(BitstreamError, match="only raw"):
+        codec.decompress(forge(blob, coder_id=CODER_IDS["ans"]))
+    with pytest.raises(BitstreamError, match="only progressive"):
+        semcomp.truncate(aesq.compress(synthetic[0][:2, :32]), 8)
+    v1 = aesq.compress(synthetic[0][:2, :32], "raw")
+    with pytest.raises(BitstreamError, match="format version 1 stream from codec family 'prq'"):
+        codec.decompress(forge(v1, codec_id=bitstream.CODEC_IDS["prq"]))
+
+
+def test_a_stream_announcing_more_stages_than_the_model_is_refused(prq, data):
+    codec, _ = prq
+    h, payload = bitstream.unpack(codec.compress(data[:2]))
+    bigger = create_codec("prq-s8o2k16", 32)
+    bigger.load_state_dict({**codec.state_dict(), "scales": torch.ones(6)})
+    bigger.backbone = codec.backbone
+    blob = bigger.compress(data[:2])
+    hb, pb = bitstream.unpack(blob)
+    forged = bitstream.pack(bitstream.Header(h.codec_family, 0, h.dim, h.count, h.weights_hash, h.spec, h.backbone, 2, 4, 8), pb)
+    with pytest.raises(BitstreamError, match="announces 8 stages"):
+        codec.decompress(forged)
+
+
+def test_limits_are_checked_before_decoding(prq, data):
+    codec, _ = prq
+    with pytest.raises(bitstream.BitstreamLimitError):
+        codec.decompress(codec.compress(data[:5]), max_items=4)
+
+
+def test_save_load_and_stream_survive(prq, data, tmp_path):
+    codec, _ = prq
+    codec.save_pretrained(tmp_path / SPEC, {"data": "synthetic"})
+    back = load_codec(tmp_path / SPEC)
+    assert back.weights_hash == codec.weights_hash
+    blob = codec.compress(data[:4])
+    assert torch.equal(back.decompress(semcomp.truncate(blob, 8)), codec.decode(codec.encode(data[:4])[:, :2]))
+
+
+def test_spec_and_size_checks():
+    with pytest.raises(CodecError, match="exceed the stage count"):
+        create_codec("prq-s4o6k16", 32)
+    with pytest.raises(CodecError, match="power of two"):
+        create_codec("prq-s4o2k12", 32)
+    assert budget_cuts(create_codec("prq-s128o32k256", 16)) == [1, 2, 3, 4, 6, 8, 12, 16, 32, 64, 128]
+
+
+def test_entropy_fallback_never_exceeds_raw():
+    torch.manual_seed(0)
+    codec = create_codec("fsq-c8l4", 32, hidden=48)
+    g = torch.Generator().manual_seed(0)
+    x = F.normalize(torch.randn(50, 32, generator=g), dim=-1)
+    s = codec.encode(x).numpy()
+    # an entropy model of other data: nearly all its mass on each position's symbol this data uses least
+    counts = np.zeros((codec.num_symbols, codec.alphabet), dtype=np.int64)
+    used = np.stack([np.bincount(s[:, j], minlength=codec.alphabet) for j in range(codec.num_symbols)])
+    counts[np.arange(codec.num_symbols), used.argmin(1)] = 100_000
+    codec.symbol_counts = torch.from_numpy(counts)
+    codec._coder = codec._weights_hash = None
+    raw = codec.compress(x, "raw")
+    for coder in ("ans", "huffman"):
+        assert len(codec.entropy_coder.encode(s, coder)) > len(codec.entropy_coder.encode(s, "raw"))  # would cost more
+        blob = codec.compress(x, coder)
+        assert len(blob) == len(raw)
+        header, _ = bitstream.unpack(blob)
+        assert header.coder_id == CODER_IDS["raw"]  # it fell back, and the header says so
+        assert torch.equal(codec.decompress(blob), codec.decompress(raw))
