@@ -248,13 +248,15 @@ class LUTZeroShot:
         return torch.cat([self._dots(c[i : i + CHUNK]) for i in range(0, len(c), CHUNK)]) if len(c) else torch.zeros(0, self.num_classes)
 
     def _reference(self, c: torch.Tensor) -> torch.Tensor:
-        """Decode-then-cosine for a few items: the codec's own decode when known, else the additive decode."""
+        """Decode-then-logits for a few items, as the receiver's ZeroShotClassifier computes them: the codec's own
+        decode when known, else the additive decode."""
         fn = self.form.decode_fn
         if fn is not None and c.shape[1] == self.form.stages:
             x = torch.as_tensor(_numpy(fn(c)), dtype=torch.float32)
         else:
             x = torch.from_numpy(self.form.decode(c.numpy(), normalise=True))
-        return F.normalize(x, dim=-1) @ self.text.T
+        # the very expression of ZeroShotClassifier.logits (scale first: it can merge two 1-ulp-apart cosines)
+        return self.logit_scale * F.normalize(x, dim=-1) @ self.text.T
 
     def topk(self, codes, k: int = 5) -> torch.Tensor:
         """Codes (N, m) -> (N, k) class indices, best first, in decode-then-cosine's order: items whose k+1 best
@@ -275,7 +277,9 @@ class LUTZeroShot:
                 close = (v[:, :-1] - v[:, 1:]).min(1).values < self.tie_margin * bound
                 if close.any():
                     rows = close.nonzero()[:, 0]
-                    ix[rows] = self._reference(cc[rows]).topk(k, dim=1).indices
+                    ref = self._reference(cc[rows])
+                    # argmax for top-1 as a receiver does (first of equal logits); topk's tie order is unspecified
+                    ix[rows] = ref.argmax(1, keepdim=True) if k == 1 else ref.topk(k, dim=1).indices
                     rescored += len(rows)
             out[i : i + CHUNK] = ix
         self.last_rescored = rescored
