@@ -664,6 +664,121 @@ def cmd_search(a) -> None:
     print(json.dumps(out, indent=2))
 
 
+# ----------------------------------------------------------------------------- compressed-domain index / search
+def _codec_for_index(codec_path: str | None, spec: str, backbone: str, weights_hash: str):
+    """The codec named by an index or a stream (``--codec``'s folder, else the shipped one), checked against the
+    spec and weights hash it must have."""
+    from .codecs import load_codec
+    from .zoo import shipped_codecs
+
+    if codec_path:
+        codec = load_codec(codec_path)
+    else:
+        match = [c for c in shipped_codecs(backbone) if c["spec"] == spec]
+        if not match:
+            raise CLIError(f"no shipped codec {spec!r} for backbone {backbone!r}; pass --codec FOLDER")
+        codec = load_codec(match[0]["path"])
+    if codec.spec != spec or codec.weights_hash.hex() != weights_hash:
+        raise CLIError(f"codec {codec.spec} (weights {codec.weights_hash.hex()}) is not the one the codes were made with: "
+                       f"{spec} (weights {weights_hash})")
+    return codec
+
+
+def cmd_index(a) -> None:
+    from .bitstream import unpack
+    from .compressed_domain import add_codes, additive_form, faiss_index, save_index, sidecar_path
+
+    out = Path(a.out)
+    _check_out(out, a.force)
+    _check_out(sidecar_path(out), a.force)
+    if a.max_items < 1:
+        raise CLIError(f"--max-items must be >= 1, got {a.max_items}")
+    # pass 1: every header (CRC-checked) agrees on codec, weights and backbone; the total count is bounded
+    first, total = None, 0
+    for p in a.files:
+        h, _ = unpack(_read_input(p, ".scf input"))
+        if first is None:
+            first = (p, h)
+        elif (h.spec, h.weights_hash, h.backbone, h.dim) != (first[1].spec, first[1].weights_hash, first[1].backbone, first[1].dim):
+            f = first[1]
+            raise CLIError(f"{p} was made by {h.spec} (weights {h.weights_hash.hex()}, {h.backbone!r}) but {first[0]} by "
+                           f"{f.spec} (weights {f.weights_hash.hex()}, {f.backbone!r}); one index holds one codec's codes")
+        total += h.count
+        if total > a.max_items:
+            raise CLIError(f"the inputs hold over {a.max_items:,} items (--max-items)")
+    h = first[1]
+    codec = _codec_for_index(a.codec, h.spec, h.backbone, h.weights_hash.hex())
+    form = additive_form(codec)  # NotAdditiveError for MLP decoders
+    stages = None
+    if a.bits is not None:
+        if not hasattr(codec, "stages_for_bits"):
+            raise CLIError(f"--bits cuts progressive codes; {codec.spec} is not progressive")
+        stages = codec.stages_for_bits(a.bits)
+    index, sources = None, []
+    for p in a.files:  # pass 2: symbols only, through the codec's reader and its limits; nothing decoded to floats
+        codes = codec.decompress_symbols(_read_input(p, ".scf input"), max_items=a.max_items)
+        m = codes.shape[1] if stages is None else stages
+        if codes.shape[1] < m:
+            raise CLIError(f"{p} holds {codes.shape[1]} stages, fewer than the {m} that --bits {a.bits} needs")
+        if index is None:
+            form = form.prefix(m)
+            index = faiss_index(form)
+        elif m != index.rq.M:
+            raise CLIError(f"{p} holds {m} stages, {a.files[0]} {index.rq.M}; pass --bits to index every file at one budget")
+        add_codes(index, form, codes[:, :m])
+        sources.append({"file": str(p), "count": int(len(codes))})
+    try:
+        save_index(index, form, out, sources)
+    except OSError as e:
+        for t in (out, sidecar_path(out)):
+            t.with_name(t.name + ".tmp").unlink(missing_ok=True)
+        raise CLIError(f"could not write {out}: {e.strerror or e}") from e
+    print(f"{index.ntotal} codes from {len(a.files)} file(s) -> {out} (+ {sidecar_path(out).name}): {form.spec}, "
+          f"{form.stages} stages x {form.alphabet} codewords, {index.code_size} bytes a code")
+
+
+def cmd_search(a) -> None:
+    from .bitstream import MAGIC, unpack
+    from .compressed_domain import form_from_index, load_index, locate, search
+
+    if not 1 <= a.k <= 1000:
+        raise CLIError(f"-k must be in 1..1000, got {a.k}")
+    if a.max_queries < 1:
+        raise CLIError(f"--max-queries must be >= 1, got {a.max_queries}")
+    index, meta = load_index(_input_file(a.index, "index"))
+    form = form_from_index(index, meta)
+    data = _read_input(a.query, "query", max_bytes=256 << 20)
+    if data[:4] == MAGIC:
+        h, _ = unpack(data)
+        if (h.spec, h.weights_hash.hex(), h.backbone) != (meta["spec"], meta["weights_hash"], meta["backbone"]):
+            raise CLIError(f"query {a.query} was made by {h.spec} (weights {h.weights_hash.hex()}, {h.backbone!r}); the index "
+                           f"holds {meta['spec']} codes (weights {meta['weights_hash']}, {meta['backbone']!r})")
+        codec = _codec_for_index(a.codec, meta["spec"], meta["backbone"], meta["weights_hash"])
+        codes = codec.decompress_symbols(data, max_items=a.max_queries)
+        if codes.shape[1] < form.stages:
+            raise CLIError(f"query holds {codes.shape[1]} stages, the index {form.stages}")
+        queries = form.decode(codes[:, : form.stages])
+    else:
+        from .backbone import load_backbone
+
+        image = _open_image(a.query)
+        bb = load_backbone(meta["backbone"])
+        feat = bb.encode_images([image])
+        if a.float_query:
+            queries = np.asarray(feat, dtype=np.float32)
+        else:  # as a sender would: embed, encode, then the receiver's additive decode
+            codec = _codec_for_index(a.codec, meta["spec"], meta["backbone"], meta["weights_hash"])
+            queries = form.decode(codec.encode(feat).numpy()[:, : form.stages])
+    scores, ids = search(index, form.bias, queries, min(a.k, meta["count"]))
+    out = {"index": str(a.index), "spec": meta["spec"], "backbone": meta["backbone"], "stages": form.stages,
+           "count": meta["count"], "queries": []}
+    for qi, (row_s, row_i) in enumerate(zip(scores, ids)):
+        hits = [{"rank": r + 1, "id": int(i), "file": f, "item": it, "score": round(float(s), 6)}
+                for r, (s, i, (f, it)) in enumerate(zip(row_s, row_i, locate(meta, row_i))) if i >= 0]
+        out["queries"].append({"query": qi, "results": hits})
+    print(json.dumps(out, indent=2))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="semcomp", description="Semantic compression of CLIP features.")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -861,6 +976,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", required=True)
     g.add_argument("--force", action="store_true")
     g.set_defaults(func=cmd_segment)
+
+    ix = sub.add_parser("index", help=".scf files -> a FAISS index of their codes (additive codecs; nothing decoded)")
+    ix.add_argument("files", nargs="+", help=".scf streams made by one codec (same spec, weights and backbone)")
+    ix.add_argument("-o", "--out", required=True, help="index file (FAISS); its sidecar is written beside it as OUT.json")
+    ix.add_argument("--codec", help="codec folder (default: the shipped codec the streams name)")
+    ix.add_argument("--bits", type=int, help="progressive codecs: index only the first BITS of every code (a stage boundary)")
+    ix.add_argument("--max-items", type=int, default=10_000_000, help="refuse inputs holding more codes than this, before decoding")
+    ix.add_argument("--force", action="store_true")
+    ix.set_defaults(func=cmd_index)
+
+    se = sub.add_parser("search", help="nearest codes in a `semcomp index` to a query .scf or image")
+    se.add_argument("index")
+    se.add_argument("query", help=".scf stream (one search per item) or an image (embedded and encoded first)")
+    se.add_argument("-k", type=int, default=10)
+    se.add_argument("--codec", help="codec folder (default: the shipped codec the index names)")
+    se.add_argument("--float-query", action="store_true", help="image query: search with its float feature, not encoded")
+    se.add_argument("--max-queries", type=int, default=100, help="refuse a query stream holding more items than this")
+    se.set_defaults(func=cmd_search)
 
     ix = sub.add_parser("index", help=".scf files -> a FAISS index of their codes (additive codecs; nothing decoded)")
     ix.add_argument("files", nargs="+", help=".scf streams made by one codec (same spec, weights and backbone)")

@@ -180,3 +180,15 @@ def test_entropy_fallback_never_exceeds_raw():
         header, _ = bitstream.unpack(blob)
         assert header.coder_id == CODER_IDS["raw"]  # it fell back, and the header says so
         assert torch.equal(codec.decompress(blob), codec.decompress(raw))
+
+
+def test_cli_truncate(prq, data, tmp_path):
+    from semcomp.cli import main
+
+    codec, _ = prq
+    src = tmp_path / "x.scf"
+    src.write_bytes(codec.compress(data[:3]))
+    assert main(["truncate", str(src), "--bits", "8", "-o", str(tmp_path / "y.scf")]) == 0
+    assert (tmp_path / "y.scf").read_bytes() == semcomp.truncate(src.read_bytes(), 8)
+    assert main(["truncate", str(src), "--bits", "6", "-o", str(tmp_path / "z.scf")]) == 2  # inside a stage
+    assert not (tmp_path / "z.scf").exists()
