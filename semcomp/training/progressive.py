@@ -5,7 +5,8 @@
    stages, and each shared stage's scale the least-squares fit of its residual by its greedy codewords.
 2. Nested (Matryoshka-style) fine-tuning of every table jointly: the loss is the mean, over the cut points that
    are bit budgets (8, 16, 24, ... bits), of ``1 - cos(decoded prefix, x)``, each divided by its value after
-   initialisation so every budget weighs the same. Codes are re-assigned greedily at the start of every epoch and
+   initialisation so every budget weighs the same. Codes are re-assigned greedily at the start of every epoch (an
+   epoch is a fresh random subset of ``epoch_items`` training items: re-encoding all 128 stages dominates) and
    held fixed within it (fixed-assignment codebook updates: the tables get gradients, the codes do not).
    Adam works on unit-RMS copies of the codebooks and on log-scales, so a late stage (codewords ~100x smaller
    than the first) moves by the same relative step as an early one.
@@ -38,8 +39,8 @@ def budget_cuts(codec: ProgressiveRQ) -> list[int]:
 
 
 @torch.no_grad()
-def residual_kmeans_init(codec: ProgressiveRQ, x: torch.Tensor, niter: int = 20, seed: int = 0,
-                         max_points_per_centroid: int = 64, progress: bool = False) -> None:
+def residual_kmeans_init(codec: ProgressiveRQ, x: torch.Tensor, niter: int = 10, seed: int = 0,
+                         max_points_per_centroid: int = 40, progress: bool = False) -> None:
     """Fill bias, own codebooks, shared codebook and scales from ``x`` (N, D) by residual k-means (faiss)."""
     import faiss
     from tqdm import tqdm
@@ -120,7 +121,8 @@ class _Tables(torch.nn.Module):
 
 
 def train_progressive(spec: str, features, epochs: int = 100, batch_size: int = 256, lr: float = 1e-3, seed: int = 0,
-                      val_frac: float = 0.1, patience: int = 6, kmeans_iters: int = 20, finetune: bool = True,
+                      val_frac: float = 0.1, patience: int = 6, kmeans_iters: int = 10, finetune: bool = True,
+                      epoch_items: int = 8192,
                       max_seconds: float | None = None, codec_kwargs: dict | None = None,
                       progress: bool = True) -> tuple[ProgressiveRQ, dict]:
     """Residual k-means, then nested fine-tuning with early stopping on held-out training features.
@@ -151,17 +153,17 @@ def train_progressive(spec: str, features, epochs: int = 100, batch_size: int = 
     if finetune:
         tables = _Tables(codec)
         opt = torch.optim.Adam(tables.parameters(), lr=lr)
-        steps = max(1, len(x_tr) // batch_size)
+        n_ep = min(len(x_tr), epoch_items)  # items per epoch: a fresh random subset, re-encoded at its start
+        steps = max(1, n_ep // batch_size)
         bad = 0
         stop = f"max epochs ({epochs})"
         for epoch in range(1, epochs + 1):
+            sub = x_tr[torch.randperm(len(x_tr))[:n_ep]]
             with torch.no_grad():
-                codes = torch.cat([greedy_encode(codec, c, max(cuts)) for c in x_tr.split(4096)])  # (N, m)
-            perm = torch.randperm(len(x_tr))
+                codes = torch.cat([greedy_encode(codec, c, max(cuts)) for c in sub.split(4096)])  # (n_ep, m)
             tot = 0.0
             for it in tqdm(range(steps), desc=f"{spec} {epoch}/{epochs}", disable=not progress, leave=False):
-                b = perm[it * batch_size : (it + 1) * batch_size]
-                xb, sb = x_tr[b], codes[b]
+                xb, sb = sub[it * batch_size : (it + 1) * batch_size], codes[it * batch_size : (it + 1) * batch_size]
                 tab = tables.tables()
                 words = tab[torch.arange(max(cuts))[None, :], sb]  # (B, m, D)
                 dec = tables.bias + words.cumsum(1)[:, [c - 1 for c in cuts]]  # (B, C, D)
@@ -200,7 +202,8 @@ def train_progressive(spec: str, features, epochs: int = 100, batch_size: int = 
         "init": f"residual k-means (faiss.Kmeans, {kmeans_iters} iterations) per own stage; shared codebook by k-means on "
                 "the residual after the own stages; shared-stage scales by least squares",
         "finetune": ("nested loss: mean over budget cuts of (1 - cos(prefix, x)) / its value after init; codes re-assigned "
-                     "greedily each epoch, fixed within it; Adam on unit-RMS codebooks and log-scales") if finetune else None,
+                     "greedily at the start of each epoch (a fresh random subset of epoch_items training items), fixed within it; Adam on unit-RMS codebooks and log-scales") if finetune else None,
+        "kmeans_iters": kmeans_iters, "epoch_items": epoch_items, "patience": patience,
         "cuts": cuts, "best_epoch": best[2], "epochs_run": len(history) - 1, "stopped": stop,
         "train_items": int(len(x_tr)), "holdout_items": int(len(x_va)),
         "holdout_cosine": float(cos_final[-1]),  # at full depth; every cut below
