@@ -101,13 +101,15 @@ class LiteClip(FrozenSentenceText, nn.Module):
     def preprocess(self):
         return tower_transform(self.cfg.tower, self.cfg.image_size)
 
-    def normalize_uint8_batch(self, x: torch.Tensor, size: int | None = None) -> torch.Tensor:
-        """(B, H, W, 3) uint8 -> the tower's input: bicubic resize to ``size`` (default image_size) squared."""
+    def normalize_uint8_batch(self, x: torch.Tensor, size: int | tuple[int, int] | None = None) -> torch.Tensor:
+        """(B, H, W, 3) uint8 -> the tower's input: bicubic resize to ``size`` (default image_size) squared, or to
+        ``(height, width)`` when a pair is given (the dense map keeps a photo's aspect ratio)."""
         spec = TOWERS[self.cfg.tower]
         size = size or self.cfg.image_size
+        h, w = (size, size) if isinstance(size, int) else size
         x = x.permute(0, 3, 1, 2).float().div_(255.0)
-        if x.shape[-1] != size or x.shape[-2] != size:
-            x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False).clamp_(0, 1)
+        if x.shape[-2] != h or x.shape[-1] != w:
+            x = F.interpolate(x, size=(h, w), mode="bicubic", align_corners=False).clamp_(0, 1)
         mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
         std = torch.tensor(spec.std).view(1, 3, 1, 1)
         return (x - mean) / std

@@ -176,7 +176,7 @@ def test_dense_segmentation_scores_a_whole_image_mask_as_the_image_embedding():
     seg.propose = lambda small: [full[0]]
     _, _, z_full = seg.embed_proposals(img)
     with torch.no_grad():
-        ref = model.encode_image(model.normalize_uint8_batch(torch.from_numpy(img)[None], 64))
+        ref = model.encode_image(model.normalize_uint8_batch(torch.from_numpy(img)[None], (64, 96)))  # aspect kept
     assert torch.allclose(z_full, ref, atol=1e-4) and z.shape == (len(masks), 384)
     r = seg.rank(image, masks, z, z[3], top_k=1)
     assert r.scores[0] == pytest.approx(1.0, abs=1e-5)  # a proposal's own feature ranks it first
