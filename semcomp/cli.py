@@ -654,9 +654,12 @@ def cmd_search(a) -> None:
         else:  # as a sender would: embed, encode, then the receiver's additive decode
             codec = _codec_for_index(a.codec, meta["spec"], meta["backbone"], meta["weights_hash"])
             queries = form.decode(codec.encode(feat).numpy()[:, : form.stages])
-    scores, ids = search(index, form.bias, queries, min(a.k, meta["count"]))
+    if not 0 <= a.rerank <= 10_000:
+        raise CLIError(f"--rerank must be in 0..10000, got {a.rerank}")
+    scores, ids = search(index, form.bias, queries, min(a.k, meta["count"]), rerank=min(a.rerank, meta["count"]))
     out = {"index": str(a.index), "spec": meta["spec"], "backbone": meta["backbone"], "stages": form.stages,
-           "count": meta["count"], "queries": []}
+           "count": meta["count"], "score": "cosine with the decoded feature x |query|" if a.rerank > a.k else
+           "inner product with the un-normalised additive decode", "queries": []}
     for qi, (row_s, row_i) in enumerate(zip(scores, ids)):
         hits = [{"rank": r + 1, "id": int(i), "file": f, "item": it, "score": round(float(s), 6)}
                 for r, (s, i, (f, it)) in enumerate(zip(row_s, row_i, locate(meta, row_i))) if i >= 0]
@@ -877,6 +880,8 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("-k", type=int, default=10)
     se.add_argument("--codec", help="codec folder (default: the shipped codec the index names)")
     se.add_argument("--float-query", action="store_true", help="image query: search with its float feature, not encoded")
+    se.add_argument("--rerank", type=int, default=100,
+                    help="re-rank FAISS's best RERANK by the cosine with the codec's normalised decode (0: FAISS's inner product)")
     se.add_argument("--max-queries", type=int, default=100, help="refuse a query stream holding more items than this")
     se.set_defaults(func=cmd_search)
     return p

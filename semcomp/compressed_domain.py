@@ -16,9 +16,13 @@ quantisation (Babenko & Lempitsky 2014; FAISS ``AdditiveQuantizer``):
   through the decode path itself, so top-1 is the decode-then-matmul top-1 by construction, not by luck.
 * search: the codes go, bit-packed, straight into a FAISS ``IndexResidualQuantizer`` whose codebooks are the
   codec's (``add_sa_codes``: FAISS never encodes anything), searched by inner product with look-up tables
-  (``ST_LUT_nonorm``). The score is ``<q, bias + sum_m c_m>`` on the *un-normalised* reconstruction: the
-  estimate of ``<q, x>`` whose error is the quantisation residual alone (re-normalising would scale every
-  item's score by its own 1 / ||x_hat||); ``bench/compressed_domain.py`` measures both.
+  (``ST_LUT_nonorm``), i.e. by ``<q, bias + sum_m c_m>`` on the *un-normalised* reconstruction: same bytes as
+  the stream, no stored norm. The codec's decode L2-normalises, and item norms differ, so this is not the
+  decoded feature's cosine; for near neighbours the normalised one estimates the original cosine better (a
+  residual quantiser's residual r is about orthogonal to its reconstruction x_hat, so for q close to x,
+  ``<q, x> ~ <q, x_hat> + ||r||^2``, a bias that dividing by ``||x_hat|| = sqrt(1 - ||r||^2)`` mostly removes).
+  ``search(..., rerank=R)`` therefore re-ranks FAISS's best R by the cosine with the normalised decode,
+  reconstructed from the stored codes; ``bench/compressed_domain.py`` measures both against exact float search.
 
 Which codecs are additive: any codec exposing ``additive_codebooks() -> (M, K, D)`` and ``additive_bias() ->
 (D,)`` (the progressive ``prq-...`` codec), and ``dsq-b{b}`` (per-dimension scalar points: stage m writes
@@ -216,7 +220,7 @@ class LUTZeroShot:
         # exact in float64, stored float32: (M*K, C), row m*K + k = <codebooks[m, k], t_c>
         t64 = self.text.double().numpy()
         lut = np.einsum("mkd,cd->mkc", form.codebooks.astype(np.float64), t64, optimize=True)
-        self.lut = torch.from_numpy(lut.reshape(-1, len(t)).astype(np.float32))
+        self.lut = torch.from_numpy(np.ascontiguousarray(lut.reshape(-1, len(t)), dtype=np.float32))  # einsum may give F order
         self.bias_scores = torch.from_numpy((form.bias.astype(np.float64) @ t64.T).astype(np.float32))  # (C,)
         # ||x_hat|| <= ||bias|| + sum_m max_k ||c_mk||: turns a cosine margin into a dot-product margin
         norms = np.linalg.norm(form.codebooks.astype(np.float64), axis=2).max(1)  # (M,)
@@ -365,9 +369,14 @@ def build_index(form: AdditiveForm, codes):
     return index
 
 
-def search(index, bias: np.ndarray, queries, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """Float queries (Q, D) -> (scores (Q, k) = <q, bias + sum_m c_m>, ids (Q, k)), best first (id -1: fewer
-    than k items). The bias adds one constant per query, so it never changes the ranking."""
+def search(index, bias: np.ndarray, queries, k: int = 10, rerank: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Float queries (Q, D) -> (scores (Q, k), ids (Q, k)), best first (id -1: fewer than k items).
+
+    ``rerank=0``: FAISS's ranking by ``<q, bias + sum_m c_m>`` (the bias adds one constant per query, so it never
+    changes the order); the scores are those inner products. ``rerank=R > k``: FAISS's best R, re-ranked by the
+    cosine with the codec's L2-normalised decode (reconstructed from the stored codes, R x D numbers a query), the
+    scores then being those cosines x ||q||: exactly the order a receiver that decodes every item would give, for
+    every item FAISS puts in its top R."""
     q = np.ascontiguousarray(_numpy(queries), dtype=np.float32)
     if q.ndim == 1:
         q = q[None]
@@ -375,13 +384,25 @@ def search(index, bias: np.ndarray, queries, k: int = 10) -> tuple[np.ndarray, n
         raise CodecError(f"queries must be (Q, {index.d}), got {q.shape}")
     if not np.isfinite(q).all():
         raise CodecError("queries contain NaN or Inf")
-    k = int(k)
-    if not 1 <= k <= 10_000:
-        raise CodecError(f"k must be in 1..10000, got {k}")
-    d, i = index.search(q, k)
-    d = d + (q @ bias.astype(np.float32))[:, None]
-    d[i < 0] = -np.inf
-    return d, i
+    k, rerank = int(k), int(rerank)
+    if not 1 <= k <= 10_000 or not 0 <= rerank <= 10_000:
+        raise CodecError(f"k must be in 1..10000 and rerank in 0..10000, got k={k}, rerank={rerank}")
+    kk = max(k, rerank)
+    d, i = index.search(q, kk)
+    if rerank <= k:
+        d = d + (q @ bias.astype(np.float32))[:, None]
+        d[i < 0] = -np.inf
+        return d, i
+    flat = i.ravel()
+    ok = flat >= 0
+    rec = np.zeros((len(flat), index.d), dtype=np.float32)
+    if ok.any():
+        rec[ok] = index.reconstruct_batch(flat[ok]) + bias.astype(np.float32)
+    rec /= np.maximum(np.linalg.norm(rec, axis=1, keepdims=True), 1e-12)
+    cos = np.einsum("qkd,qd->qk", rec.reshape(len(q), kk, index.d), q)
+    cos[i < 0] = -np.inf
+    order = np.argsort(-cos, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(cos, order, 1), np.take_along_axis(i, order, 1)
 
 
 # ----------------------------------------------------------------------------- index files: FAISS + a JSON sidecar

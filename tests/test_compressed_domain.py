@@ -116,6 +116,11 @@ def test_faiss_search_equals_brute_force_over_decoded(tmp_path):
     brute = q @ form.decode(codes, normalise=False).T
     assert np.array_equal(ids, np.argsort(-brute, axis=1, kind="stable")[:, :10])
     assert np.allclose(scores, np.take_along_axis(brute, ids, 1), atol=1e-5)
+    # re-ranked over every item: exactly brute force by cosine with the codec's (normalised) decode
+    cos, ids_r = search(index, form.bias, q, 10, rerank=700)
+    brute_cos = q @ c.decode(codes).numpy().T
+    assert np.array_equal(ids_r, np.argsort(-brute_cos, axis=1, kind="stable")[:, :10])
+    assert np.allclose(cos, np.take_along_axis(brute_cos, ids_r, 1), atol=1e-5)
     # saved and loaded: same answers; a prefix index (2 stages) answers as brute force over the 2-stage decode
     save_index(index, form, tmp_path / "x.faiss", [{"file": "a.scf", "count": 700}])
     index2, meta = load_index(tmp_path / "x.faiss")
@@ -162,14 +167,18 @@ def test_cli_index_search_round_trip(tmp_path, scf_files, capsys):
     assert main(["search", str(idx), str(b), "-k", "5", "--codec", str(path)]) == 0
     out = json.loads(capsys.readouterr().out)
     assert len(out["queries"]) == 50 and all(len(q["results"]) == 5 for q in out["queries"])
-    # brute force over the additive decode of every code, queried by the decoded query
+    # default (re-ranked; 120 items < 100 candidates... all of them): brute force by cosine with the decoded features
     form = additive_form(codec)
-    db = form.decode(codec.encode(x).numpy(), normalise=False)
     q0 = form.decode(codec.encode(x[70:71]).numpy())
-    want = np.argsort(-(q0 @ db.T)[0], kind="stable")[:5]
     got = out["queries"][0]["results"]
+    want = np.argsort(-(q0 @ codec.decode(codec.encode(x)).numpy().T)[0], kind="stable")[:5]
     assert [r["id"] for r in got] == want.tolist()
     assert got[0]["file"] in (str(a), str(b)) and (got[0]["item"] == got[0]["id"] - (70 if got[0]["file"] == str(b) else 0))
+    # --rerank 0: FAISS's own ranking, brute force by inner product with the un-normalised additive decode
+    assert main(["search", str(idx), str(b), "-k", "5", "--codec", str(path), "--rerank", "0"]) == 0
+    got = json.loads(capsys.readouterr().out)["queries"][0]["results"]
+    db = form.decode(codec.encode(x).numpy(), normalise=False)
+    assert [r["id"] for r in got] == np.argsort(-(q0 @ db.T)[0], kind="stable")[:5].tolist()
 
 
 def test_cli_image_query(tmp_path, scf_files, capsys, monkeypatch):
