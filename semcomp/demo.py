@@ -330,15 +330,16 @@ class Demo:
         blob = codec.compress(t, "auto")
         t_dec = codec.decompress(blob)[0]
         try:
-            img, masks, z = self.segmenter.embed_proposals(image)
-            r0 = self.segmenter.rank(img, masks, z, t[0])
-            r1 = self.segmenter.rank(img, masks, z, t_dec)
+            prep = self.segmenter.prepare(image)  # proposals and (dense backbones) the projected map, once
+            r0 = self.segmenter.rank_prepared(prep, t[0])
+            r1 = self.segmenter.rank_prepared(prep, t_dec)
         except SegmentError as e:
             return None, None, f"no segmentation for this image: {e}"
         bits_cmd = 8 * len(unpack(blob)[1])
+        how = "dense text-pixel map" if self.segmenter.method == "dense" else "ranked proposals"
         note = (f"command “{command}”: text feature sent in **{bits_cmd} bits** ({len(blob)}-byte .scf) — "
-                f"best-mask score {r0.scores[0]:.3f} (float command) vs {r1.scores[0]:.3f} (decoded command)")
-        return _display(overlay(img, r0)), _display(overlay(img, r1)), note
+                f"{how}; best-mask score {r0.scores[0]:.3f} (float command) vs {r1.scores[0]:.3f} (decoded command)")
+        return _display(overlay(prep.image, r0)), _display(overlay(prep.image, r1)), note
 
     def plot(self, family: str, spec: str) -> np.ndarray:
         # Rendered to pixels here, under a lock: matplotlib's text layout (mathtext) is not thread-safe, and a
