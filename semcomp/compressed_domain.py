@@ -220,8 +220,9 @@ class LUTZeroShot:
         # exact in float64, stored float32: (M*K, C), row m*K + k = <codebooks[m, k], t_c>
         t64 = self.text.double().numpy()
         lut = np.einsum("mkd,cd->mkc", form.codebooks.astype(np.float64), t64, optimize=True)
-        self.lut = torch.from_numpy(np.ascontiguousarray(lut.reshape(-1, len(t)), dtype=np.float32))  # einsum may give F order
         self.bias_scores = torch.from_numpy((form.bias.astype(np.float64) @ t64.T).astype(np.float32))  # (C,)
+        lut[0] += form.bias.astype(np.float64) @ t64.T  # the bias term rides in stage 0's rows: one pass less
+        self.lut = torch.from_numpy(np.ascontiguousarray(lut.reshape(-1, len(t)), dtype=np.float32))  # einsum may give F order
         # ||x_hat|| <= ||bias|| + sum_m max_k ||c_mk||: turns a cosine margin into a dot-product margin
         norms = np.linalg.norm(form.codebooks.astype(np.float64), axis=2).max(1)  # (M,)
         self._stage_norm_bound = np.linalg.norm(form.bias) + np.cumsum(norms)  # bound for each prefix length
@@ -239,7 +240,7 @@ class LUTZeroShot:
         """(n, m) int64 codes -> (n, C) un-normalised dot products <bias + sum, t_c>."""
         m = c.shape[1]
         offs = torch.arange(m) * self.form.alphabet
-        return F.embedding_bag(c + offs, self.lut[: m * self.form.alphabet], mode="sum") + self.bias_scores
+        return F.embedding_bag(c + offs, self.lut[: m * self.form.alphabet], mode="sum")  # bias folded into stage 0
 
     def scores(self, codes) -> torch.Tensor:
         """Codes (N, m) -> (N, C) dot products of the un-normalised decoded feature with each class's text
@@ -290,8 +291,27 @@ class LUTZeroShot:
         return out
 
     def top1(self, codes) -> torch.Tensor:
-        """Codes (N, m) -> (N,) index of the best class: exactly decode-then-matmul's arg-max."""
-        return self.topk(codes, 1)[:, 0]
+        """Codes (N, m) -> (N,) index of the best class: exactly decode-then-matmul's arg-max (items whose two best
+        classes are closer than ``tie_margin`` in cosine are re-scored through the decode path)."""
+        c = torch.from_numpy(self.form.check_codes(codes))
+        if self.num_classes == 1:
+            return torch.zeros(len(c), dtype=torch.long)
+        out = torch.empty(len(c), dtype=torch.long)
+        thr = self.tie_margin * (float(self._stage_norm_bound[c.shape[1] - 1]) if len(c) else 1.0)
+        rescored = 0
+        for i in range(0, len(c), CHUNK):
+            cc = c[i : i + CHUNK]
+            s = self._dots(cc)
+            v1, best = s.max(1)  # two max passes: cheaper than topk(2)
+            s.scatter_(1, best[:, None], float("-inf"))
+            close = (v1 - s.max(1).values) < thr
+            if close.any():
+                rows = close.nonzero()[:, 0]
+                best[rows] = self._reference(cc[rows]).argmax(1)  # a receiver's argmax: the first of equal logits
+                rescored += len(rows)
+            out[i : i + CHUNK] = best
+        self.last_rescored = rescored
+        return out
 
     def logits(self, codes) -> torch.Tensor:
         """``logit_scale * cosine``, as ``ZeroShotClassifier.logits`` on the decoded feature."""
