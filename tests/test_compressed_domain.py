@@ -243,3 +243,22 @@ def test_cli_bad_inputs_one_line_exit_2(tmp_path, scf_files, caplog):
     fails(["search", str(idx), str(b), "--codec", str(path)], "not JSON")
     sidecar_path(idx).unlink()
     fails(["search", str(idx), str(b), "--codec", str(path)], "sidecar")
+
+
+def test_cli_shipped_codec_found_from_the_stream(tmp_path, capsys):
+    from semcomp.codecs import load_codec
+    from semcomp.zoo import shipped_codecs
+
+    found = [c for c in shipped_codecs("semcomp-lite-clip") if c["spec"] == "dsq-b1"]
+    if not found:
+        pytest.skip("shipped dsq-b1 for semcomp-lite-clip not present")
+    codec = load_codec(found[0]["path"])
+    x = F.normalize(torch.randn(40, codec.dim, generator=torch.Generator().manual_seed(0)), dim=-1)
+    (tmp_path / "a.scf").write_bytes(codec.compress(x, "raw"))
+    (tmp_path / "q.scf").write_bytes(codec.compress(x[:2], "raw"))
+    idx = tmp_path / "db.faiss"
+    assert main(["index", str(tmp_path / "a.scf"), "-o", str(idx)]) == 0
+    capsys.readouterr()
+    assert main(["search", str(idx), str(tmp_path / "q.scf"), "-k", "3"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [q["results"][0]["id"] for q in out["queries"]] == [0, 1]  # each query's own code is its best match
