@@ -158,7 +158,8 @@ def cmd_train(a) -> None:
         if (out / "model.safetensors").exists() and not a.force:
             raise CLIError(f"{out} exists; pass --force to overwrite")
         ckpt = Path(a.ckpt_dir) / f"{spec}.pt" if a.ckpt_dir else None
-        codec, card = train_codec(spec, fs.features, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, ckpt_path=ckpt)
+        codec, card = train_codec(spec, fs.features, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, ckpt_path=ckpt,
+                                  max_seconds=60 * a.max_minutes if a.max_minutes else None)
         codec.backbone = fs.metadata.get("backbone", "")
         card.update({"backbone": codec.backbone, "data": {"features": str(a.features), "split": a.split_name,
                      "classes": "train", "dataset": fs.metadata.get("dataset")},
