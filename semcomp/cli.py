@@ -700,6 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int)
+    t.add_argument("--max-minutes", type=float, help="prq only: stop fine-tuning after this long (early stopping may end it sooner)")
     t.add_argument("--force", action="store_true")
     t.set_defaults(func=cmd_train)
 
