@@ -262,3 +262,47 @@ def test_cli_shipped_codec_found_from_the_stream(tmp_path, capsys):
     assert main(["search", str(idx), str(tmp_path / "q.scf"), "-k", "3"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert [q["results"][0]["id"] for q in out["queries"]] == [0, 1]  # each query's own code is its best match
+
+
+def _prq(tmp_path, dim=24):
+    """A tiny progressive codec with random tables, saved and loaded (the weights hash is that of the saved file)."""
+    from semcomp.codecs import load_codec
+
+    codec = create_codec("prq-s6o3k16", dim)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p, std in ((codec.books, 0.3), (codec.shared, 0.2), (codec.bias, 0.1)):
+            p.copy_(std * torch.randn(p.shape, generator=g))
+    codec.backbone = "synthetic"
+    codec.save_pretrained(tmp_path / "prq")
+    return load_codec(tmp_path / "prq"), tmp_path / "prq"
+
+
+def test_progressive_codec_lut_and_cli_with_cut_streams(tmp_path, capsys, caplog):
+    import semcomp
+
+    codec, path = _prq(tmp_path)
+    x, _, centres = clustered_features(n_classes=8, per_class=25, dim=24)
+    s = codec.encode(x)
+    clf = ZeroShotClassifier(centres, list("abcdefgh"))
+    z = LUTZeroShot.from_codec(codec, centres)
+    for m in (2, 6):  # a cut stream decodes its prefix; the tables score it the same
+        assert torch.equal(z.top1(s[:, :m]), clf.logits(codec.decode(s[:, :m])).argmax(1))
+    full, cut = tmp_path / "full.scf", tmp_path / "cut.scf"
+    full.write_bytes(codec.compress(x[:120]))
+    cut.write_bytes(semcomp.truncate(codec.compress(x[120:]), 8))  # 2 stages of 4 bits
+    idx = tmp_path / "db.faiss"
+    assert main(["index", str(full), str(cut), "-o", str(idx), "--codec", str(path)]) == 2  # 6 stages vs 2
+    assert "--bits" in caplog.records[-1].getMessage()
+    assert main(["index", str(full), str(cut), "-o", str(idx), "--codec", str(path), "--bits", "8"]) == 0
+    meta = json.loads(sidecar_path(idx).read_text())
+    assert (meta["stages"], meta["count"], meta["spec"]) == (2, 200, "prq-s6o3k16")
+    capsys.readouterr()
+    assert main(["search", str(idx), str(full), "-k", "4", "--codec", str(path), "--max-queries", "200"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    q = additive_form(codec).prefix(2).decode(s[:1, :2].numpy())
+    brute = (q @ codec.decode(s[:, :2]).numpy().T)[0]  # 2 stages of 16 codewords: many items share a code, so
+    got = [r["id"] for r in out["queries"][0]["results"]]  # compare scores, not the order of equal ones
+    assert np.allclose(brute[got], np.sort(brute)[::-1][:4], atol=1e-5)
+    assert main(["index", str(cut), "-o", str(tmp_path / "x.faiss"), "--codec", str(path), "--bits", "16"]) == 2
+    assert "fewer than the 4" in caplog.records[-1].getMessage()
