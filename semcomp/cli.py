@@ -657,9 +657,10 @@ def cmd_search(a) -> None:
             queries = form.decode(codec.encode(feat).numpy()[:, : form.stages])
     if not 0 <= a.rerank <= 10_000:
         raise CLIError(f"--rerank must be in 0..10000, got {a.rerank}")
-    scores, ids = search(index, form.bias, queries, min(a.k, meta["count"]), rerank=min(a.rerank, meta["count"]))
+    k, rerank = min(a.k, meta["count"]), min(a.rerank, meta["count"])
+    scores, ids = search(index, form.bias, queries, k, rerank=rerank)
     out = {"index": str(a.index), "spec": meta["spec"], "backbone": meta["backbone"], "stages": form.stages,
-           "count": meta["count"], "score": "cosine with the decoded feature x |query|" if a.rerank > a.k else
+           "count": meta["count"], "score": "cosine with the decoded feature x |query|" if rerank > k else
            "inner product with the un-normalised additive decode", "queries": []}
     for qi, (row_s, row_i) in enumerate(zip(scores, ids)):
         hits = [{"rank": r + 1, "id": int(i), "file": f, "item": it, "score": round(float(s), 6)}
