@@ -78,6 +78,8 @@ def legacy_runs() -> list[dict]:
     for r in run["results"]:  # the first run ranked masked crops; its rows were named by the command's budget
         if not r["method"].startswith("baseline"):
             r["command"], r["method"] = r["method"], "proposals ranked by masked-crop features"
+        else:
+            r["command"] = "—"
         r.setdefault("subset", "all")
     return [run]
 
