@@ -7,13 +7,15 @@ LSQ, PCA + uniform SQ, PCA + sign (sign-binary at 384), and a random-rotation + 
 codebook of 2^b levels for every rotated coordinate). Everything is fitted on features of the 160 codec-training
 classes (the same file the prq model was trained on) and tested zero-shot on the 40 unseen classes; the shipped
 per-budget semcomp ladder is evaluated on the same test features. Seeded peers run 3 seeds (seed = training
-subset + k-means seed) at budgets <= ``--seed-budgets-max``; top-1 standard error of the test set is reported.
+subset + k-means seed) for PQ and RQ at ``--seed-budgets``; top-1 standard error of the test set is reported.
 Encode/decode speed on one core (torch and faiss at 1 thread) against FAISS PQ at equal bits.
 
     python bench/progressive.py --codec weights/codecs/semcomp-lite-clip/prq-s128o32k256 \\
         --train ~/.cache/semcomp/features/lite-train-photos.safetensors --test ~/.cache/semcomp/features/lite-val.safetensors
 
-Writes bench/results/progressive.{json,md}.
+Writes bench/results/progressive.{json,md}. On a loaded machine run it in two parts (``--part peers`` writes
+progressive_peers.json, the peers and the ladder, independent of the prq model; ``--part prq`` then measures the
+model and merges them; each row keeps the command that measured it).
 """
 from __future__ import annotations
 
@@ -45,8 +47,8 @@ class PCASign:
     def train(self, x, seed=0):
         self.mean = x.mean(0)
         xc = x - self.mean
-        _, _, vt = np.linalg.svd(xc[:20000], full_matrices=False)
-        self.p = vt[: self.k].T  # (d, k)
+        w, v = np.linalg.eigh(xc.T @ xc)  # principal axes, ascending
+        self.p = v[:, ::-1][:, : self.k]  # (d, k)
         self.scale = np.abs(xc @ self.p).mean(0)
 
     def reconstruct(self, x):
@@ -82,7 +84,7 @@ def peer_configs(d: int, bits: int, a) -> list[tuple[str, object]]:
     m = bits // 8
     if bits % 8 == 0 and d % m == 0:
         out.append(("faiss PQ", lambda: FaissCodec(f"PQ{m}x8", d)))
-        if bits <= a.opq_max:
+        if bits in a.opq_budgets:  # OPQ training is the slowest peer: only these budgets
             out.append(("faiss OPQ+PQ", lambda: FaissCodec(f"OPQ{m},PQ{m}x8", d)))
     if bits % 8 == 0 and bits <= a.rq_max:
         def rq():
@@ -156,17 +158,19 @@ def main():
     ap.add_argument("--backbone", default="semcomp-lite-clip")
     ap.add_argument("--split-name", default="tiny-imagenet")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--seed-budgets-max", type=int, default=128, help="3 seeds for peers at budgets up to this")
+    ap.add_argument("--seed-budgets", type=int, nargs="*", default=[8, 16, 32], help="budgets where PQ and RQ run --seeds seeds")
     ap.add_argument("--max-train", type=int, default=20000)
-    ap.add_argument("--opq-max", type=int, default=256)
-    ap.add_argument("--rq-max", type=int, default=256)
-    ap.add_argument("--rq-beam", type=int, default=8)
-    ap.add_argument("--lsq-max", type=int, default=32)
+    ap.add_argument("--opq-budgets", type=int, nargs="*", default=[32, 64, 128])
+    ap.add_argument("--rq-max", type=int, default=64)
+    ap.add_argument("--rq-beam", type=int, default=5, help="faiss RQ max_beam_size (faiss' default)")
+    ap.add_argument("--lsq-max", type=int, default=16)
     ap.add_argument("--beam", type=int, default=8, help="prq beam width measured beside greedy")
     ap.add_argument("--beam-max", type=int, default=128)
     ap.add_argument("--budgets", type=int, nargs="*", default=list(BUDGETS))
     ap.add_argument("--no-ladder", action="store_true")
     ap.add_argument("--out-name", default="progressive")
+    ap.add_argument("--part", default="all", choices=["all", "peers", "prq"],
+                    help="peers: peers + ladder into <out-name>_peers.json; prq: the prq model, merged with that file")
     a = ap.parse_args()
     import faiss
 
@@ -187,10 +191,10 @@ def main():
     x_te = np.ascontiguousarray(te.features[mask], dtype=np.float32)
     text = te.metadata["_extra"]["text_features"][split["test_classes"]]
     d = x_te.shape[1]
-    codec = load_codec(a.codec)
+    codec = load_codec(a.codec) if a.part != "peers" else None
     rows = []
     xt, tt = torch.from_numpy(x_te), torch.from_numpy(np.ascontiguousarray(text, dtype=np.float32))
-    for bits in a.budgets:  # the one progressive model, cut at every budget
+    for bits in a.budgets if codec is not None else []:  # the one progressive model, cut at every budget
         m = codec.stages_for_bits(bits)
         for beam in sorted({1, a.beam} if bits <= a.beam_max else {1}):
             t0 = time.time()
@@ -200,10 +204,9 @@ def main():
             r["encode_s"] = round(time.time() - t0, 2)
             rows.append(r)
             print(r, flush=True)
-    for bits in a.budgets:
+    for bits in a.budgets if a.part != "prq" else []:
         for name, make in peer_configs(d, bits, a):
-            seeds = range(a.seeds) if bits <= a.seed_budgets_max and name not in ("PCA + sign", "sign-binary") and \
-                not name.startswith("PCA + uniform") else range(1)
+            seeds = range(a.seeds) if bits in a.seed_budgets and (name == "faiss PQ" or name.startswith("faiss RQ")) else range(1)
             for seed in seeds:
                 t0 = time.time()
                 try:
@@ -215,7 +218,7 @@ def main():
                 r.update(seed=seed, train_s=round(time.time() - t0, 1))
                 rows.append(r)
                 print(r, flush=True)
-    if not a.no_ladder:
+    if not a.no_ladder and a.part != "prq":
         for c in shipped_codecs(a.backbone):
             if c["family"] == "prq":
                 continue
@@ -223,8 +226,20 @@ def main():
             rows.append(evaluate(f"semcomp {lc.family} (ladder)", lc.spec, lc.bits, lc.reconstruct(xt).numpy(), x_te, y_te, text,
                                  lc.reconstruct(tt).numpy()))
             print(rows[-1], flush=True)
-    speeds = [speed(codec, x_te, b) for b in (8, 32, 64, 128, 256, 512, 1024) if b in a.budgets]
     fl = evaluate("float", "float", 32 * d, x_te, x_te, y_te, text)
+    if a.part == "peers":
+        path = record(f"{a.out_name}_peers", {"train": a.train, "test": a.test, "fit_items": int(len(x_tr)),
+                                              "float": {"top1": fl["top1"], "top5": fl["top5"]}, "results": rows})
+        print("wrote", path)
+        return
+    peers = []
+    if a.part == "prq":  # the peers' rows from their own recorded run, same features and split
+        prev = json.loads((RESULTS / f"{a.out_name}_peers.json").read_text())
+        if (prev["train"], prev["test"]) != (a.train, a.test):
+            raise SystemExit(f"{a.out_name}_peers.json was measured on {prev['train']} / {prev['test']}, not these files")
+        peers = [dict(r, measured_by=prev["command"]) for r in prev["results"]]
+    speeds = [speed(codec, x_te, b) for b in (8, 32, 64, 128, 256, 512, 1024) if b in a.budgets]
+    rows += peers
     card = json.loads((Path(a.codec) / "card.json").read_text())
     rep = {"data": f"fit: {a.train} ({len(x_tr)} features: training classes + photos, no test class); test: {a.test} "
                    f"({len(x_te)} features of the {len(split['test_classes'])} unseen classes)",

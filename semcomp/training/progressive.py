@@ -45,6 +45,7 @@ def residual_kmeans_init(codec: ProgressiveRQ, x: torch.Tensor, niter: int = 10,
     import faiss
     from tqdm import tqdm
 
+    faiss.omp_set_num_threads(torch.get_num_threads())  # as many threads as torch was given (--threads)
     s, o, k = codec.params["s"], codec.params["o"], codec.params["k"]
     d = codec.dim
     codec.bias.copy_(x.mean(0))
