@@ -13,7 +13,7 @@ at 320 px (a 10x10 map for a square image, 20x10 for a pair) and at 224 px (7x7)
 region or the best-contrast proposal, with and without subtracting generic background prompts; and the
 proposal ranking (the region's mean projected feature, the segmenter's other path). Baselines use no command.
 Rows are reported over all items and over the 40 classes the codecs never trained on (the committed split;
-the backbone's alignment saw Tiny-ImageNet train images of all 200 classes). Standard errors are binomial
+the shipped backbone's alignment card says it used no class hold-out). Standard errors are binomial
 (pointing) or the sample SE of the mean (IoU). Earlier runs (other backbones) are kept in the JSON and the table.
 
     python bench/segment.py --n 500 --pairs 500            # the committed numbers
