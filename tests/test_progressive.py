@@ -192,3 +192,20 @@ def test_cli_truncate(prq, data, tmp_path):
     assert (tmp_path / "y.scf").read_bytes() == semcomp.truncate(src.read_bytes(), 8)
     assert main(["truncate", str(src), "--bits", "6", "-o", str(tmp_path / "z.scf")]) == 2  # inside a stage
     assert not (tmp_path / "z.scf").exists()
+
+
+def test_the_receiver_decodes_whatever_prefix_arrived(prq, data, tmp_path, monkeypatch):
+    from semcomp import receiver, zoo
+
+    codec, _ = prq
+    codec.save_pretrained(tmp_path / codec.backbone / SPEC)
+    monkeypatch.setattr(zoo, "CODECS_DIR", tmp_path)
+    receiver._codec.cache_clear()
+    try:
+        blob = codec.compress(data[:2])
+        for bits in (4, 12, 24):
+            got_codec, feats = receiver.receive(semcomp.truncate(blob, bits))
+            assert got_codec.spec == SPEC
+            assert torch.equal(feats, codec.decode(codec.encode(data[:2])[:, : bits // 4]))
+    finally:
+        receiver._codec.cache_clear()
