@@ -74,13 +74,27 @@ def lm_perplexity(lm, tok, captions: list[str], context: str = "Caption:", batch
 
 
 def evaluate(head, feats: dict, y: np.ndarray, classes: list[dict], unseen: set[int], lm, tok) -> dict:
-    from semcomp.training.caption import caption_eval, mentions_class
+    from semcomp.training.caption import mentions_class
 
-    ev = caption_eval(head, feats, y, classes)
-    caps = {name: [c for i in range(0, len(x), 250) for c in head.caption(x[i : i + 250])] for name, x in feats.items()}
-    mask = np.array([int(v) in unseen for v in y])
+    from semcomp.training.caption import token_f1
+
+    caps = {}
+    for name, x in feats.items():
+        t0 = time.perf_counter()
+        caps[name] = [c for i in range(0, len(x), 100) for c in head.caption(x[i : i + 100])]
+        print(f"  {name}: {len(x)} captions in {time.perf_counter() - t0:.0f} s", flush=True)
+    ev = {}
     for name, cs in caps.items():
-        hit = np.array([mentions_class(c, classes[int(v)]) for c, v in zip(cs, y)])
+        yy = y[: len(cs)]
+        hit = np.array([mentions_class(c, classes[int(v)]) for c, v in zip(cs, yy)])
+        mask = np.array([int(v) in unseen for v in yy])
+        r = ev[name] = {"n": len(cs), "names_true_class": float(hit.mean()), "distinct_captions": len(set(cs)), "examples": cs[:5]}
+        if name != "float":
+            ref = caps["float"][: len(cs)]
+            r["token_f1_vs_float"] = sum(token_f1(p, q) for p, q in zip(cs, ref)) / len(cs)
+            r["identical_to_float"] = sum(p == q for p, q in zip(cs, ref)) / len(cs)
+            fh = np.array([mentions_class(c, classes[int(v)]) for c, v in zip(ref, yy)])
+            r["float_names_true_class_same_items"] = float(fh.mean())
         ev[name]["names_true_class_seen"] = float(hit[~mask].mean())
         ev[name]["names_true_class_unseen"] = float(hit[mask].mean())
         slips = [grammar_slips(c) for c in cs]
@@ -114,6 +128,7 @@ def main():
     ap.add_argument("--bridge", default=str(HEADS_DIR / "semcomp-lite-clipcap"), help="the bridged GPT-2 head ('' to skip)")
     ap.add_argument("--bits", type=int, nargs="*", default=[16, 64, 256])
     ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--n-decoded", type=int, default=None, help="decoded variants on the first n-decoded of the n (default: all n)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="caption_lm")
     a = ap.parse_args()
@@ -129,8 +144,8 @@ def main():
     for b in a.bits:
         if b in best:
             codec = load_codec(best[b]["path"])
-            feats[f"{best[b]['spec']} ({codec.bits} bits)"] = codec.reconstruct(x)
-    lm, tok = load_language_model("smollm2-135m-instruct")
+            feats[f"{best[b]['spec']} ({codec.bits} bits)"] = codec.reconstruct(x[: a.n_decoded or a.n])
+    lm, tok = load_language_model("smollm2-135m-instruct")  # also the fluency judge of every head's captions
     heads = {"SmolLM2 ClipCap (" + Path(a.head).name + ")": LMCaptioner.from_pretrained(a.head)}
     if a.bridge:
         base = json.loads((Path(a.bridge) / "config.json").read_text())["base"]
@@ -149,13 +164,14 @@ def main():
     path = record(a.out, payload)
     md = [f"Tiny-ImageNet val, first {len(x)} features ({payload['unseen_in_n']} of unseen classes); load average at the end "
           f"{payload['load_average'][0]:.1f} on {os.cpu_count()} cores, {a.threads} torch threads.", "",
-          "| head | feature | names true class | unseen 40 classes | token F1 vs float | identical to float | captions with a slip |",
-          "|---|---|---:|---:|---:|---:|---:|"]
+          "| head | feature | items | names true class | unseen 40 classes | token F1 vs float | identical to float | captions with a slip |",
+          "|---|---|---:|---:|---:|---:|---:|---:|"]
     for name, r in out.items():
         for v, e in r["eval"].items():
             f1 = f"{e['token_f1_vs_float']:.3f}" if "token_f1_vs_float" in e else "–"
             ident = f"{100 * e['identical_to_float']:.1f} %" if "identical_to_float" in e else "–"
-            md.append(f"| {name} | {v} | {100 * e['names_true_class']:.1f} % | {100 * e['names_true_class_unseen']:.1f} % | {f1} | {ident} | "
+            same = f" (float on these: {100 * e['float_names_true_class_same_items']:.1f} %)" if "float_names_true_class_same_items" in e and e["n"] < len(x) else ""
+            md.append(f"| {name} | {v} | {e['n']} | {100 * e['names_true_class']:.1f} %{same} | {100 * e['names_true_class_unseen']:.1f} % | {f1} | {ident} | "
                       f"{100 * e['captions_with_slip']:.1f} % |")
     md += ["", "| head | SmolLM2 perplexity of its float captions | CPU ms per caption (greedy, 1 at a time) | examples |", "|---|---:|---:|---|"]
     for name, r in out.items():

@@ -66,13 +66,11 @@ def test_training_lowers_the_loss_and_only_the_mapper_learns():
     cap = tiny_captioner()
     lm_before = {k: v.clone() for k, v in cap.lm.state_dict().items()}
     e = F.normalize(torch.cat([torch.ones(1, 8), -torch.ones(1, 8)]), dim=-1).repeat(4, 1)
-    from semcomp.training.caption import pad_batch
-
-    tok, mask = pad_batch([cap.encode_text(t) for t in ["a red cat .", "a blue dog ."] * 4], cap.cfg.eos_id)
+    tok = [cap.encode_text(t) for t in ["a red cat .", "a blue dog ."] * 4]
     opt = torch.optim.AdamW(cap.mapper.parameters(), lr=1e-2)
     losses = []
     for _ in range(30):
-        loss = cap.loss(e, tok, mask)
+        loss = cap.loss(e, tok)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -186,3 +184,33 @@ def test_receiver_falls_back_when_the_lm_is_not_installed(tmp_path, monkeypatch)
         assert isinstance(head, LMCaptioner) and head.cfg.lm == "tiny-llama-test"
     finally:
         receiver.load_head.cache_clear()
+
+
+def test_retrieval_prompt_goes_into_the_lm_input(tmp_path):
+    """prompt_pool > 0: the nearest pool sentence is put (as tokens) between the prefix and the caption."""
+    import dataclasses
+
+    cfg = dataclasses.replace(CFG, memory_size=3, prompt_pool=2, prompt_template="{} .")
+    torch.manual_seed(0)
+    cap = LMCaptioner.new(cfg, prompts=["a red cat", "a blue dog"])
+    mem = F.normalize(torch.randn(3, 8), dim=-1)
+    cap.mapper.memory.copy_(mem)
+    assert cap.retrieve(mem[:2]).tolist() == [0, 1]
+    x, att, starts = cap.inputs(mem[:2], tails=[[3, 2], [3, 4, 2]])
+    assert starts == [2 + 4, 2 + 4] and x.shape == (2, 2 + 4 + 3, 32)
+    assert att.sum(1).tolist() == [8, 9]  # right padding for training
+    emb = cap.lm.get_input_embeddings()
+    assert torch.equal(x[1, 2:6], emb(torch.tensor([3, 6, 7, 8])))  # "a blue dog ." after the prefix
+    assert cap.inputs(mem[:2], left_pad=True)[1][:, 0].tolist() == [1, 1]
+    assert torch.isfinite(cap.loss(mem[:2], [[3, 2], [3, 4, 2]]))
+    out = cap.save_pretrained(tmp_path / "rag")
+    again = LMCaptioner.from_pretrained(out)
+    assert again.prompts == ["a red cat", "a blue dog"] and again.caption(mem) == cap.caption(mem)
+    (out / "memory.json").write_text(json.dumps(["a red dog", "a blue dog"]))
+    with pytest.raises(CaptionError, match="memory_sha256"):
+        LMCaptioner.from_pretrained(out)
+    with pytest.raises(CaptionError, match="prompt sentences"):
+        LMCaptioner.new(cfg, prompts=["only one"])
+    # prompts of different lengths: a left-padded batch captions as each item alone
+    uneven = LMCaptioner(cap.mapper, cap.lm, cap.tokenizer, prompts=["a red cat blue dog", "dog"])
+    assert uneven.caption(mem[:2]) == [uneven.caption(m)[0] for m in mem[:2]]

@@ -55,6 +55,8 @@ class LMCaptionConfig:
     mapper_hidden: int = 512  # MLP: embed -> hidden -> prefix_length * lm_width
     memory_size: int = 0  # rows of the text memory (0: feed the embedding itself)
     memory_temperature: float = 0.02  # softmax temperature over cosine similarities to the memory
+    prompt_pool: int = 0  # >0: the nearest of the first prompt_pool memory rows goes into the LM's input as text
+    prompt_template: str = "Similar images show {} This image shows"  # SmallCap-style; {} = that memory sentence
     eos_id: int = 2  # the LM's end-of-text id (SmolLM2: <|im_end|>)
     max_tokens: int = 20  # generation length cap
 
@@ -66,6 +68,9 @@ class LMCaptionConfig:
             v = getattr(cfg, k)
             if not isinstance(v, int) or not (0 if k == "memory_size" else 1) <= v <= hi:
                 raise CaptionError(f"caption config {k}={v!r} out of range (at most {hi})")
+        if not 0 <= cfg.prompt_pool <= cfg.memory_size or len(cfg.prompt_template) > 200 or cfg.prompt_template.count("{}") != 1:
+            raise CaptionError(f"caption config prompt_pool={cfg.prompt_pool!r} (at most memory_size) or prompt_template "
+                               f"(one '{{}}', at most 200 characters) out of range")
         if not 0 < float(cfg.memory_temperature) <= 10:
             raise CaptionError(f"caption config memory_temperature={cfg.memory_temperature!r} out of range (0, 10]")
         return cfg
@@ -183,70 +188,134 @@ class PrefixMapper(nn.Module):
         return self.mlp(e).view(-1, self.cfg.prefix_length, self.cfg.lm_width)
 
 
+MAX_PROMPT_CHARS = 300  # one memory sentence (the prompt texts ship as memory.json: bounded on load)
+
+
 class LMCaptioner:
-    """Caption head: ``caption(embeds) -> list[str]``; the same call as :class:`semcomp.heads.caption.Captioner`."""
+    """Caption head: ``caption(embeds) -> list[str]``; the same call as :class:`semcomp.heads.caption.Captioner`.
+
+    LM input per item: ``[P prefix embeddings] [prompt tokens]`` then the caption. With ``prompt_pool`` > 0 the
+    prompt is ``prompt_template`` filled with the memory sentence nearest the feature (retrieval-augmented,
+    as SmallCap, Ramos et al. 2023); the sentence texts are ``prompts`` (memory.json in the head folder)."""
 
     WEIGHTS = "model.safetensors"
+    PROMPTS = "memory.json"
 
-    def __init__(self, mapper: PrefixMapper, lm: nn.Module, tokenizer):
+    def __init__(self, mapper: PrefixMapper, lm: nn.Module, tokenizer, prompts: list[str] | None = None):
         self.mapper, self.lm, self.tokenizer = mapper.eval(), lm, tokenizer
         self.cfg = mapper.cfg
         width = lm.get_input_embeddings().weight.shape[1]
         if width != self.cfg.lm_width:
             raise CaptionError(f"mapper makes {self.cfg.lm_width}-wide prefixes; LM {self.cfg.lm!r} takes {width}")
+        self.prompts = list(prompts or [])
+        if len(self.prompts) != self.cfg.prompt_pool:
+            raise CaptionError(f"config asks for {self.cfg.prompt_pool} prompt sentences, got {len(self.prompts)}")
+        self._prompt_ids: dict[int, list[int]] = {}
 
     @classmethod
-    def new(cls, cfg: LMCaptionConfig) -> "LMCaptioner":
+    def new(cls, cfg: LMCaptionConfig, prompts: list[str] | None = None) -> "LMCaptioner":
         lm, tok = load_language_model(cfg.lm)
-        return cls(PrefixMapper(cfg), lm, tok)
+        return cls(PrefixMapper(cfg), lm, tok, prompts)
 
-    # ---- training
+    # ---- inputs
     def encode_text(self, text: str, max_len: int = 24) -> list[int]:
-        """LM token ids of a caption, truncated to ``max_len``, plus eos."""
+        """LM token ids of a caption (a leading space when it follows a prompt), truncated to ``max_len``, plus eos."""
+        text = (" " + text.strip()) if self.cfg.prompt_pool else text
         return self.tokenizer(text)["input_ids"][:max_len] + [self.cfg.eos_id]
 
-    def loss(self, embeds: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, project: bool | torch.Tensor = True) -> torch.Tensor:
-        """Mean next-token loss over caption tokens; tokens (B, T) incl. eos, mask (B, T) 1 = real. Gradients
-        reach only the mapper (the LM's parameters are frozen)."""
+    def retrieve(self, embeds: torch.Tensor) -> torch.Tensor:
+        """(B,) index of the nearest prompt sentence (cosine to the first prompt_pool memory rows)."""
+        e = F.normalize(embeds.float(), dim=-1)
+        return (e @ self.mapper.memory[: self.cfg.prompt_pool].float().T).argmax(-1)
+
+    def prompt_ids(self, i: int) -> list[int]:
+        if i not in self._prompt_ids:
+            self._prompt_ids[i] = self.tokenizer(self.cfg.prompt_template.format(self.prompts[i]))["input_ids"]
+        return self._prompt_ids[i]
+
+    def inputs(self, embeds: torch.Tensor, project: bool | torch.Tensor = True, tails: list[list[int]] | None = None,
+               left_pad: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """LM input embeddings (B, T, W) and attention mask (B, T): prefix, prompt, then ``tails`` (caption
+        tokens, teacher forcing). Right-padded for training, left-padded for generation; also each item's
+        number of positions before its tail."""
         p = self.mapper(embeds, project=project)  # (B, P, W)
-        x = torch.cat([p, self.lm.get_input_embeddings()(tokens)], dim=1)
-        att = torch.cat([torch.ones(p.shape[:2], dtype=mask.dtype), mask], dim=1)
-        labels = torch.cat([torch.full(p.shape[:2], -100, dtype=tokens.dtype), tokens.masked_fill(mask == 0, -100)], dim=1)
+        emb = self.lm.get_input_embeddings()
+        if self.cfg.prompt_pool:
+            idx = self.retrieve(embeds).tolist()
+            heads = [self.prompt_ids(i) for i in idx]
+        else:
+            heads = [[] for _ in range(len(p))]
+        tails = tails or [[] for _ in range(len(p))]
+        seqs = [h + t for h, t in zip(heads, tails)]
+        t_max = max(len(s) for s in seqs)
+        width = p.shape[1] + t_max
+        x = torch.zeros(len(p), width, p.shape[2], dtype=p.dtype)
+        att = torch.zeros(len(p), width, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            row = torch.cat([p[i], emb(torch.tensor(s, dtype=torch.long)).to(p.dtype)]) if s else p[i]
+            lo = width - len(row) if left_pad else 0
+            x[i, lo : lo + len(row)] = row
+            att[i, lo : lo + len(row)] = 1
+        return x, att, [p.shape[1] + len(h) for h in heads]
+
+    # ---- training
+    def loss(self, embeds: torch.Tensor, tokens: list[list[int]], project: bool | torch.Tensor = True) -> torch.Tensor:
+        """Mean next-token loss over the caption tokens (each list ends with eos). Gradients reach only the
+        mapper (the LM's parameters are frozen)."""
+        x, att, starts = self.inputs(embeds, project, tails=tokens)
+        labels = torch.full(att.shape, -100, dtype=torch.long)
+        for i, (s, t) in enumerate(zip(starts, tokens)):
+            labels[i, s : s + len(t)] = torch.tensor(t)
         return self.lm(inputs_embeds=x, attention_mask=att, labels=labels).loss
 
     # ---- io
     def save_pretrained(self, path: str | Path, card: dict | None = None) -> Path:
-        """config.json + fp16 model.safetensors (mapper + memory only; the LM comes from its wheel) + card.json."""
+        """config.json + fp16 model.safetensors (mapper + memory only; the LM comes from its wheel) + memory.json
+        (the prompt sentences, if any) + card.json."""
         from safetensors.torch import save_file
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().half().contiguous() for k, v in self.mapper.state_dict().items()}, str(path / self.WEIGHTS))
         (path / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2))
+        if self.prompts:
+            (path / self.PROMPTS).write_text(json.dumps(self.prompts, indent=0))
         card = dict(card or {})
         card.setdefault("kind", "caption")
         card.setdefault("lm_licence", LICENCES.get(self.cfg.lm, "see the LM's package"))
         card["sha256"] = file_sha256(path / self.WEIGHTS)
         card["config_sha256"] = file_sha256(path / "config.json")
+        if self.prompts:
+            card["memory_sha256"] = file_sha256(path / self.PROMPTS)
         (path / "card.json").write_text(json.dumps(card, indent=2))
         return path
 
     @classmethod
     def from_pretrained(cls, path: str | Path, verify: bool = True) -> "LMCaptioner":
+        import hashlib
+
         from safetensors.torch import load_file
 
         from ..weights import read_json_bytes, read_verified_card
 
         path = Path(path)
-        read_verified_card(path, cls.WEIGHTS, CaptionError, verify)
+        card = read_verified_card(path, cls.WEIGHTS, CaptionError, verify)
         cfg = LMCaptionConfig.from_dict(json.loads(read_json_bytes(path / "config.json", CaptionError)))
+        prompts = None
+        if cfg.prompt_pool:
+            raw = read_json_bytes(path / cls.PROMPTS, CaptionError, max_bytes=cfg.prompt_pool * (MAX_PROMPT_CHARS + 8) + 16)
+            if verify and card.get("memory_sha256") and hashlib.sha256(raw).hexdigest() != card["memory_sha256"]:
+                raise CaptionError(f"{path / cls.PROMPTS} does not match the memory_sha256 in its card")
+            prompts = json.loads(raw)
+            if not isinstance(prompts, list) or not all(isinstance(t, str) and len(t) <= MAX_PROMPT_CHARS for t in prompts):
+                raise CaptionError(f"{path / cls.PROMPTS} must be a list of sentences of at most {MAX_PROMPT_CHARS} characters")
         mapper = PrefixMapper(cfg)
         try:
             mapper.load_state_dict({k: v.float() for k, v in load_file(str(path / cls.WEIGHTS)).items()})
         except RuntimeError as e:
             raise CaptionError(f"weights file {path / cls.WEIGHTS} does not fit its config: {e}") from e
         lm, tok = load_language_model(cfg.lm)
-        return cls(mapper, lm, tok)
+        return cls(mapper, lm, tok, prompts)
 
     # ---- captioning
     def check(self, embeds, backbone: str | None = None) -> torch.Tensor:
@@ -264,14 +333,14 @@ class LMCaptioner:
                 project: bool = True) -> list[str]:
         """Greedy (beam=1) or beam-search captions, one per embedding; deterministic."""
         embeds = self.check(embeds, backbone)
-        p = self.mapper(embeds, project=project)
-        att = torch.ones(p.shape[:2], dtype=torch.long)
-        out = self.lm.generate(inputs_embeds=p, attention_mask=att, max_new_tokens=max_tokens or self.cfg.max_tokens,
+        x, att, _ = self.inputs(embeds, project, left_pad=True)
+        out = self.lm.generate(inputs_embeds=x, attention_mask=att, max_new_tokens=max_tokens or self.cfg.max_tokens,
                                num_beams=beam, do_sample=False, eos_token_id=self.cfg.eos_id, pad_token_id=self.cfg.eos_id,
                                no_repeat_ngram_size=3)
         caps = []
         for row in out.tolist():
             if self.cfg.eos_id in row:
                 row = row[: row.index(self.cfg.eos_id)]
-            caps.append(self.tokenizer.decode(row, skip_special_tokens=True).strip())
+            c = self.tokenizer.decode(row, skip_special_tokens=True).strip()
+            caps.append(c[:1].upper() + c[1:])
         return caps

