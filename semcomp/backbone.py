@@ -42,6 +42,11 @@ class Backbone:
         self.logit_scale = float(logit_scale)
         self.dim = dim
 
+    @property
+    def preprocessing(self) -> dict:
+        """Image size, resize mode, interpolation, mean and std of ``preprocess`` (see :func:`preprocessing_of`)."""
+        return preprocessing_of(self.preprocess)
+
     @torch.inference_mode()
     def encode_images(self, images, batch_size: int = 256) -> torch.Tensor:
         """PIL images (or a preprocessed (B, 3, H, W) tensor) -> (B, D) normalised features."""
@@ -60,6 +65,38 @@ class Backbone:
         else:
             z = self.model.encode_text(self.tokenizer(texts))
         return F.normalize(z.float(), dim=-1)
+
+
+def preprocessing_of(preprocess) -> dict:
+    """What a backbone does to an image before its tower, read off its torchvision ``Compose`` (embedded towers
+    and open_clip alike): ``{"image_size", "resize", "interpolation", "mean", "std"}``. ``resize`` is
+    ``"shortest"`` (resize the short side, centre crop: CLIP's default), ``"squash"`` (both sides to the size),
+    ``"longest"`` (keep the ratio, pad: open_clip's ResizeKeepRatio) or the transform's class name. Stored with
+    every codec (issue 22): open_clip users report silent misconfiguration when a load picks other preprocessing."""
+    out: dict = {}
+    crop = False
+    for t in getattr(preprocess, "transforms", []):
+        name = type(t).__name__
+        if name in ("Resize", "ResizeKeepRatio"):
+            size = t.size
+            if isinstance(size, (tuple, list)) and len(size) == 2 and size[0] == size[1]:
+                out["image_size"] = int(size[0])
+                out["resize"] = "squash" if name == "Resize" else "longest"
+            elif isinstance(size, int) or (isinstance(size, (tuple, list)) and len(size) == 1):
+                out["image_size"] = int(size if isinstance(size, int) else size[0])
+                out["resize"] = "shortest"
+            else:
+                out["resize"] = f"{name}{list(size)}"
+            interp = getattr(t, "interpolation", None)
+            out["interpolation"] = str(getattr(interp, "value", interp)).lower() if interp is not None else "unknown"
+        elif name in ("CenterCrop", "CenterCropOrPad"):
+            crop = True
+        elif name == "Normalize":
+            out["mean"] = [round(float(v), 8) for v in t.mean]
+            out["std"] = [round(float(v), 8) for v in t.std]
+    if out.get("resize") == "shortest" and not crop:
+        out["resize"] = "shortest-nocrop"
+    return out
 
 
 def embedded_names() -> list[str]:

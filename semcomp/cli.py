@@ -168,6 +168,64 @@ def cmd_train(a) -> None:
         logger.info("saved %s (%d bits, holdout cosine %.4f)", out, codec.bits, card["holdout_cosine"])
 
 
+# ----------------------------------------------------------------------------- fit / push / pull (issue 22)
+def cmd_fit(a) -> None:
+    """images -> features -> codec(s) -> evaluation -> a codec folder the app finds; torchrun-aware."""
+    import os
+    from datetime import timedelta
+
+    import torch
+
+    from .backbone import load_backbone
+    from .datasets import image_folder, open_source
+    from .training.fit import check_enough_images, fit, images_needed, progressive_spec
+
+    if bool(a.images) == bool(a.dataset):
+        raise CLIError("give exactly one of --images DIR or --dataset NAME")
+    if a.specs and a.budgets:
+        raise CLIError("--budgets sizes the default progressive codec; with --specs each spec sets its own bits")
+    specs = a.specs or [progressive_spec(a.budgets, a.codebook_size)]
+    src = image_folder(a.images) if a.images else open_source(a.dataset, a.split, a.source)
+    n = src.count if a.limit is None else min(a.limit, src.count or a.limit)
+    if n is not None:  # before any model loads or download starts
+        check_enough_images(n, specs)
+    else:
+        logger.info("%s: image count unknown until read; the codebooks need %d (checked after extraction)",
+                    src.description, images_needed(specs)[0])
+    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    if world > 1:  # torchrun: extraction split by rank, DDP training; gloo (the codecs train on CPU)
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo", timeout=timedelta(hours=2))
+    torch.set_num_threads(a.threads or max(1, (os.cpu_count() or 1) // world))
+    try:
+        bb = load_backbone(a.backbone)
+        out = fit(bb, src, specs=specs, budgets=a.budgets, out_dir=a.out_dir, work_dir=a.work_dir, limit=a.limit,
+                  epochs=a.epochs, batch_size=a.batch_size, seed=a.seed, max_minutes=a.max_minutes,
+                  chunk_size=a.chunk_size, extract_batch=a.extract_batch_size, templates=a.template, license=a.license,
+                  force=a.force, progress=not a.no_progress, command="semcomp " + " ".join(a.argv))
+        if rank == 0:
+            for p in out:
+                print(p)
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def cmd_push(a) -> None:
+    from .hub import push_folder
+
+    print(push_folder(a.folder, a.repo_id, private=a.private, commit_message=a.message, revision=a.revision))
+
+
+def cmd_pull(a) -> None:
+    from .hub import pull_codec
+
+    print(pull_codec(a.repo_id, revision=a.revision, into=a.out_dir, force=a.force))
+
+
 # ----------------------------------------------------------------------------- eval
 def cmd_eval(a) -> None:
     from .codecs import load_codec
@@ -563,7 +621,8 @@ def _codec_for_index(codec_path: str | None, spec: str, backbone: str, weights_h
         match = [c for c in shipped_codecs(backbone) if c["spec"] == spec]
         if not match:
             raise CLIError(f"no shipped codec {spec!r} for backbone {backbone!r}; pass --codec FOLDER")
-        codec = load_codec(match[0]["path"])
+        loaded = [load_codec(c["path"]) for c in match]  # shipped and user folders may share a spec: pick by weights
+        codec = next((c for c in loaded if c.weights_hash.hex() == weights_hash), loaded[0])
     if codec.spec != spec or codec.weights_hash.hex() != weights_hash:
         raise CLIError(f"codec {codec.spec} (weights {codec.weights_hash.hex()}) is not the one the codes were made with: "
                        f"{spec} (weights {weights_hash})")
@@ -704,6 +763,50 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-minutes", type=float, help="prq only: stop fine-tuning after this long (early stopping may end it sooner)")
     t.add_argument("--force", action="store_true")
     t.set_defaults(func=cmd_train)
+
+    fi = sub.add_parser("fit", help="codecs for any backbone in one command: images -> features -> codec -> evaluation "
+                                    "-> a folder the app finds (resumable; runs under torchrun)")
+    fi.add_argument("--backbone", required=True, help="e.g. ViT-L-14-336/openai, MODEL:/local/ckpt, or an embedded name")
+    fi.add_argument("--images", help="a folder of images: class subfolders, a labels.csv, or unlabelled")
+    fi.add_argument("--dataset", choices=["tiny-imagenet", "imagenet", "cifar10", "cifar100", "stl10", "folder"])
+    fi.add_argument("--split", default="train", choices=["train", "val"], help="with --dataset")
+    fi.add_argument("--source", help="with --dataset: its folder (imagenet, folder; tiny-imagenet's folder layout)")
+    fi.add_argument("--budgets", type=int, nargs="+",
+                    help="bit budgets the progressive codec serves (default 8 16 24 32 48 64 96 128 256 512 1024)")
+    fi.add_argument("--codebook-size", type=int, default=256,
+                    help="progressive codec: entries per codebook (256: 8-bit stages; fewer images need smaller ones)")
+    fi.add_argument("--specs", nargs="+", help="train these codec specs instead (e.g. the ladder: fsq-c32l4 pqvae-n16d8k16)")
+    fi.add_argument("--out-dir", help="codec root (default $SEMCOMP_CODECS or ~/.cache/semcomp/codecs); "
+                                      "codecs land in OUT/<backbone>/<spec>/")
+    fi.add_argument("--work-dir", help="features and checkpoints (default ~/.cache/semcomp/fit/<backbone>/<key>)")
+    fi.add_argument("--limit", type=int, help="only the first N images")
+    fi.add_argument("--epochs", type=int, help="training epochs (default: each trainer's; prq stops early)")
+    fi.add_argument("--batch-size", type=int, default=256)
+    fi.add_argument("--extract-batch-size", type=int, default=64)
+    fi.add_argument("--chunk-size", type=int, default=5000, help="images per resumable extraction part")
+    fi.add_argument("--max-minutes", type=float, help="prq: stop fine-tuning after this long")
+    fi.add_argument("--template", default="a photo of a {}.", help="class prompt for the zero-shot check")
+    fi.add_argument("--license", default="apache-2.0", help="licence written in the model card")
+    fi.add_argument("--seed", type=int, default=0)
+    fi.add_argument("--threads", type=int)
+    fi.add_argument("--no-progress", action="store_true")
+    fi.add_argument("--force", action="store_true", help="replace a codec folder made from other images or settings")
+    fi.set_defaults(func=cmd_fit)
+
+    pu = sub.add_parser("push", help="upload a codec folder to the Hugging Face Hub (needs a write token)")
+    pu.add_argument("folder")
+    pu.add_argument("repo_id", help="org/name")
+    pu.add_argument("--private", action="store_true")
+    pu.add_argument("--revision", help="branch to commit to")
+    pu.add_argument("--message", help="commit message")
+    pu.set_defaults(func=cmd_push)
+
+    pl = sub.add_parser("pull", help="download a Hub codec (org/name[@revision]) and install it where the app finds it")
+    pl.add_argument("repo_id")
+    pl.add_argument("--revision")
+    pl.add_argument("--out-dir", help="codec root (default $SEMCOMP_CODECS or ~/.cache/semcomp/codecs)")
+    pl.add_argument("--force", action="store_true")
+    pl.set_defaults(func=cmd_pull)
 
     v = sub.add_parser("eval", help="bits, cosine and zero-shot accuracy of codecs on a feature file")
     v.add_argument("--codec", nargs="+", required=True)

@@ -35,6 +35,7 @@ class ImageSource:
     class_names: list[str]
     samples: Callable[[], Iterator[tuple[int, Callable, int]]]  # (index, load() -> PIL RGB image, label)
     description: str
+    count: int | None = None  # images it yields, where known without reading them (checked before extraction)
 
 
 def _open_bytes(data: bytes, what: str):
@@ -127,7 +128,8 @@ def _torchvision(name: str, split: str) -> ImageSource:
         for i in range(len(ds)):
             yield i, (lambda i=i: ds[i][0].convert("RGB")), _label(ds, i)
 
-    return ImageSource(name, split, [c.replace("_", " ") for c in ds.classes], samples, f"torchvision {name} {split} ({root})")
+    return ImageSource(name, split, [c.replace("_", " ") for c in ds.classes], samples, f"torchvision {name} {split} ({root})",
+                       len(ds))
 
 
 def _label(ds, i: int) -> int:
@@ -163,7 +165,34 @@ def _folder(source: str | None) -> ImageSource:
                 raise DataError(f"{table}: row {i + 2} ({p}) has an empty label")
             yield i, (lambda p=p: _open_path(root / p)), index[lab]
 
-    return ImageSource("folder", "all", names, samples, f"image folder {root} ({len(rows)} images listed in labels.csv)")
+    return ImageSource("folder", "all", names, samples, f"image folder {root} ({len(rows)} images listed in labels.csv)",
+                       len(rows))
+
+
+def image_folder(source: str | os.PathLike) -> ImageSource:
+    """Any folder of images (``semcomp fit --images DIR``): with a ``labels.csv`` as the ``folder`` dataset; with
+    its images in first-level subfolders (torchvision's ImageFolder layout) the subfolder names are the classes;
+    otherwise unlabelled (label -1, no classes: a codec needs no labels; only the zero-shot check is skipped).
+    Files are found recursively, in sorted order, by extension (``IMAGE_EXTS``)."""
+    root = Path(source)
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist or is not a folder")
+    if (root / "labels.csv").exists():
+        return _folder(str(root))
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+    if not files:
+        raise DataError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) under {root}")
+    parts = [p.relative_to(root).parts for p in files]
+    labelled = all(len(q) == 2 for q in parts) and len({q[0] for q in parts}) > 1
+    names = sorted({q[0] for q in parts}) if labelled else []
+    index = {n: i for i, n in enumerate(names)}
+
+    def samples():
+        for i, (p, q) in enumerate(zip(files, parts)):
+            yield i, (lambda p=p: _open_path(p)), index[q[0]] if labelled else -1
+
+    kind = f"{len(names)} class subfolders" if labelled else "unlabelled"
+    return ImageSource("images", "all", names, samples, f"image folder {root} ({len(files)} images, {kind})", len(files))
 
 
 def open_source(dataset: str, split: str = "val", source: str | None = None) -> ImageSource:

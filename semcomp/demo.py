@@ -127,11 +127,10 @@ def check_float(name: str, value, lo: float, hi: float) -> float:
 
 
 def codec_command(backbone: str) -> str:
-    """The commands that make codecs for a backbone that has none (shown when the app refuses to start); any
-    image folder works as the source (``--dataset folder`` with a labels.csv), Tiny-ImageNet is the example."""
-    feats = backbone.replace("/", "_").lower() + "-train.safetensors"
-    return (f"semcomp extract --backbone {backbone} --source tiny-imagenet-200/ --split train --out {feats} && "
-            f"semcomp train --features {feats} --spec fsq-c32l4 pqvae-n16d8k16 --out-dir weights/codecs/{backbone.replace('/', '_')}")
+    """The one command that makes codecs for a backbone that has none (shown when the app refuses to start, before
+    anything downloads): ``semcomp fit`` on CIFAR-10's 50,000 training images (torchvision downloads them once),
+    enough for the default progressive codec's 256-entry codebooks; ``--images DIR`` takes any image folder."""
+    return f"semcomp fit --backbone {backbone} --dataset cifar10"
 
 
 def check_backbone(name: str) -> list[dict]:
@@ -144,8 +143,11 @@ def check_backbone(name: str) -> list[dict]:
         raise DemoError(f"unknown backbone {name!r}; choose one of {embedded_names() + sorted(REAL_BACKBONES)}, "
                         f"an open_clip MODEL/TAG or MODEL:/path/to/checkpoint")
     if not codecs:
-        raise DemoError(f"no codecs for backbone {name!r} under weights/codecs/{name.replace('/', '_')}/; "
-                        f"make them with: {codec_command(name)}")
+        from .zoo import backbone_dirname, codec_roots
+
+        where = " or ".join(str(r / backbone_dirname(name)) for r in codec_roots())
+        raise DemoError(f"no codecs for backbone {name!r} (looked in {where}); make them with: {codec_command(name)} "
+                        f"(or --images YOUR_IMAGE_FOLDER), or fetch shared ones with: semcomp pull ORG/NAME")
     return codecs
 
 

@@ -118,10 +118,14 @@ def extract(backbone, src: ImageSource, out: str | Path, *, batch_size: int = 25
         pos = np.searchsorted(order, idx)
         feats[pos], labels[pos] = part["features"], part["labels"]
         del part
-    text, template = text_features(backbone, src.class_names, templates)
+    extra = {}
+    template = None
+    if src.class_names:  # an unlabelled folder (semcomp fit --images) has no classes to prompt for
+        text, template = text_features(backbone, src.class_names, templates)
+        extra["text_features"] = text.numpy()
     meta = {"backbone": backbone.name, "dataset": src.name, "split": src.split, "class_names": src.class_names,
             "template": template, "source": src.description, "images": int(len(feats)), "processes": world}
-    save_features(out, FeatureSet(feats, labels, meta), extra={"text_features": text.numpy()})
+    save_features(out, FeatureSet(feats, labels, meta), extra=extra)
     shutil.rmtree(parts, ignore_errors=True)
     logger.info("wrote %s: %s features (%s)", out, feats.shape, json.dumps({"dataset": src.name, "split": src.split}))
     return out

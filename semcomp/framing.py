@@ -442,11 +442,12 @@ def codec_for_announce(ann: Announce, codecs_dir=None):
     from pathlib import Path
 
     from .codecs import load_codec
-    from .zoo import CODECS_DIR
+    from .zoo import codec_roots
 
-    root = Path(codecs_dir or CODECS_DIR)
+    roots = [Path(codecs_dir)] if codecs_dir else codec_roots()  # shipped, then the user's (semcomp fit / pull)
     found = []
-    for cfg in sorted(root.glob(f"*/{ann.spec}/config.json")):  # parse_announce allows only [a-z0-9-] in a spec
+    # parse_announce allows only [a-z0-9-] in a spec
+    for cfg in [c for root in roots for c in sorted(root.glob(f"*/{ann.spec}/config.json"))]:
         try:
             if json.loads(cfg.read_text()).get("dim") != ann.dim:
                 continue

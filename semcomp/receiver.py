@@ -92,25 +92,25 @@ def _load_head_folder(kind: str, path: Path):
 
 
 @functools.lru_cache(maxsize=32)
-def _codec(backbone: str, spec: str):
+def _codec(backbone: str, spec: str) -> tuple:
+    """Every codec folder (shipped or the user's, ``zoo.codec_roots``) with this backbone and spec, loaded."""
     from .codecs import load_codec
     from .zoo import shipped_codecs
 
-    for c in shipped_codecs(backbone):
-        if c["spec"] == spec:
-            return load_codec(c["path"])
-    return None
+    return tuple(load_codec(c["path"]) for c in shipped_codecs(backbone) if c["spec"] == spec)
 
 
 def codec_for_bitstream(blob: bytes):
-    """The shipped codec that wrote this bitstream; BitstreamError if the bytes are bad or no codec matches."""
+    """The codec that wrote this bitstream, shipped or the user's (``semcomp fit``/``pull``), picked by the weights
+    hash in its header; BitstreamError if the bytes are bad or no codec matches."""
     header, _ = unpack(blob)  # raises BitstreamError on any corruption
-    codec = _codec(header.backbone, header.spec)
-    if codec is None:
+    found = _codec(header.backbone, header.spec)
+    if not found:
         raise BitstreamError(f"no shipped codec {header.spec!r} for backbone {header.backbone!r}")
-    if codec.weights_hash != header.weights_hash:
-        raise BitstreamError(f"bitstream was made with other weights of {header.spec} (weights hash differs)")
-    return codec
+    for codec in found:
+        if codec.weights_hash == header.weights_hash:
+            return codec
+    raise BitstreamError(f"bitstream was made with other weights of {header.spec} (weights hash differs)")
 
 
 def receive(blob: bytes, max_items: int | None = RECEIVE_MAX_ITEMS, max_decoded_bytes: int | None = None):

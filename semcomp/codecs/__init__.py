@@ -11,6 +11,7 @@ from .base import MAX_SPEC_LEN, Codec, CodecError, fixed_bits, short
 from .dsq import DirectScalarQuantizer
 from .fsq import FSQCodec
 from .progressive import ProgressiveRQ
+from .provenance import check_backbone, check_preprocessing
 from .vq import PQVAE, VQVAE
 
 CODECS: dict[str, type[Codec]] = {c.family: c for c in (DirectScalarQuantizer, FSQCodec, VQVAE, PQVAE, AutoencoderScalarQuantizer,
@@ -44,7 +45,7 @@ def create_codec(spec: str, dim: int, **overrides) -> Codec:
 
 
 _CONFIG_KEYS = {"family": str, "spec": str, "dim": int, "params": dict}
-_OPTIONAL_KEYS = {"backbone": str, "num_symbols": int, "alphabet": int, "bits": int}
+_OPTIONAL_KEYS = {"backbone": str, "num_symbols": int, "alphabet": int, "bits": int, "preprocessing": dict}
 
 
 def _check_config(cfg: dict, where: Path) -> type[Codec]:
@@ -70,11 +71,20 @@ def _check_config(cfg: dict, where: Path) -> type[Codec]:
         raise CodecError(f"bad codec config {where}: spec {short(cfg['spec'])} does not match params {short(params, 80)}")
     if len(cfg.get("backbone", "").encode()) > 255:
         raise CodecError(f"bad codec config {where}: backbone name over 255 bytes")
+    if "preprocessing" in cfg:
+        check_preprocessing(cfg["preprocessing"], where)
     return cls
 
 
-def load_codec(path: str | Path, verify: bool = True) -> Codec:
-    """Load a codec folder written by ``save_pretrained`` (config.json + model.safetensors + card.json).
+def load_codec(path: str | Path, verify: bool = True, *, revision: str | None = None, backbone=None) -> Codec:
+    """Load a codec folder written by ``save_pretrained`` (config.json + model.safetensors + card.json), local or
+    on the Hugging Face Hub: a path that is not a local folder but looks like ``org/name`` (``org/name@revision``,
+    or ``revision=``) is fetched with ``huggingface_hub.snapshot_download`` into the Hub's cache (``HF_HOME``;
+    ``HF_HUB_OFFLINE=1`` reads the cache only) and loaded from there with the same checks (``semcomp.hub``).
+
+    ``backbone``: the backbone name, or the loaded ``Backbone``, whose features the caller will feed; a codec
+    made for another one (name, feature dimension, image preprocessing) raises CodecError naming both
+    (``codecs.provenance``). Folders saved before the preprocessing was stored are checked on name and dimension.
 
     Order, so that a malformed or hostile folder costs nothing: the card's ``config_sha256`` (if any) is
     checked on the config's bytes; the config is validated (keys, types, spec, sizes against ``base.MAX_*``)
@@ -83,7 +93,9 @@ def load_codec(path: str | Path, verify: bool = True) -> Codec:
     architecture from the config (never from tensor shapes); never unpickles anything. Anything wrong raises
     CodecError with one line of reason. ``verify=False`` skips the two hash checks only.
     """
-    path = Path(path)
+    from ..hub import resolve_codec_folder
+
+    path = resolve_codec_folder(path, revision)  # a local folder as it is; a Hub repo id -> its cached snapshot
     if not path.is_dir():
         raise CodecError(f"codec folder {path} does not exist or is not a folder")
     cfg_path, w_path = path / "config.json", path / "model.safetensors"
@@ -114,7 +126,9 @@ def load_codec(path: str | Path, verify: bool = True) -> Codec:
         raise CodecError(f"bad codec config {cfg_path}: {short(wrong, 80)} do not match {cfg['spec']} ({derived})")
     codec.load_state_dict(_read_weights(w_path, codec))
     codec.backbone = cfg.get("backbone", "")
+    codec.preprocessing = dict(cfg.get("preprocessing", {}))
     codec.eval()
+    check_backbone(codec, backbone)
     return codec
 
 

@@ -85,6 +85,7 @@ class Codec(nn.Module):
         # Entropy model: symbol counts on the training features (see fit_entropy_model).
         self.register_buffer("symbol_counts", torch.zeros(0, dtype=torch.int64))
         self.backbone = ""
+        self.preprocessing: dict = {}  # the backbone's image preprocessing (codecs.provenance); {} if unknown
         self._coder: EntropyCoder | None = None
         self._weights_hash: bytes | None = None
 
@@ -157,8 +158,11 @@ class Codec(nn.Module):
         return fixed_bits(self.num_symbols, self.alphabet)
 
     def config(self) -> dict:
-        return {"family": self.family, "spec": self.spec, "dim": self.dim, "params": self.params, "backbone": self.backbone,
-                "num_symbols": self.num_symbols, "alphabet": self.alphabet, "bits": self.bits}
+        cfg = {"family": self.family, "spec": self.spec, "dim": self.dim, "params": self.params, "backbone": self.backbone,
+               "num_symbols": self.num_symbols, "alphabet": self.alphabet, "bits": self.bits}
+        if self.preprocessing:  # only when known: folders saved before issue 22 keep their exact bytes
+            cfg["preprocessing"] = dict(self.preprocessing)
+        return cfg
 
     # ---- checks
     def check_features(self, x) -> torch.Tensor:
@@ -368,4 +372,31 @@ class Codec(nn.Module):
         card["spec"] = self.spec
         card["bits"] = self.bits
         (out / "card.json").write_text(json.dumps(card, indent=2))
+        from ..hub import write_model_card
+
+        write_model_card(out)  # README.md: the Hub's model card (not hashed: documentation only)
         return out
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, revision: str | None = None, backbone=None,
+                        verify: bool = True) -> "Codec":
+        """A codec from a local folder or a Hugging Face Hub repo id (``org/name``, optional ``revision``), as
+        ``semcomp.codecs.load_codec``; called on a family class, the folder must hold that family."""
+        from . import load_codec
+
+        codec = load_codec(name_or_path, verify=verify, revision=revision, backbone=backbone)
+        if cls is not Codec and not isinstance(codec, cls):
+            raise CodecError(f"{name_or_path} holds a {codec.family} codec ({codec.spec}), not {cls.family}")
+        return codec
+
+    def push_to_hub(self, repo_id: str, card: dict | None = None, private: bool = False, token: str | None = None,
+                    commit_message: str | None = None) -> str:
+        """Save this codec (``save_pretrained``, with its model card) to a temporary folder and upload it to the
+        Hub repo ``repo_id`` (created if missing). Returns the commit URL. Needs network and a write token."""
+        import tempfile
+
+        from ..hub import push_folder
+
+        with tempfile.TemporaryDirectory() as d:
+            self.save_pretrained(d, card)
+            return push_folder(d, repo_id, private=private, token=token, commit_message=commit_message)

@@ -70,6 +70,11 @@ def train_codec(spec: str, features: np.ndarray, epochs: int = 30, batch_size: i
     """Train one codec on (N, D) L2-normalised features. Returns the best (by held-out cosine) codec and a
     card with the training record (including ``features_sha256`` and ``run_key``).
 
+    Under ``torch.distributed`` (``torchrun``; ``semcomp fit`` sets it up, gloo on CPU) every rank calls this
+    with the same features: each takes its ``rank::world`` share of every batch and DistributedDataParallel
+    averages the gradients, so a step equals the one-process step on the whole batch; rank 0 alone writes the
+    checkpoint. Progressive (prq) codecs are not data-parallel: call them on one rank.
+
     With ``ckpt_path``, checkpoints go to ``run_checkpoint_path(ckpt_path, run_key)`` after every epoch; a run
     with the same spec, features and hyper-parameters resumes from there, any other run starts fresh. The
     checkpoint is deleted when the run finishes."""
@@ -82,9 +87,17 @@ def train_codec(spec: str, features: np.ndarray, epochs: int = 30, batch_size: i
                                  codec_kwargs=codec_kwargs, progress=progress, max_seconds=max_seconds)
     if max_seconds is not None:
         raise ValueError(f"a time budget (max_seconds) is supported for progressive (prq) codecs only, not {spec!r}")
+    import torch.distributed as dist
+
+    ddp = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
+    if world > batch_size:
+        raise ValueError(f"batch size {batch_size} is smaller than the {world} processes sharing each batch")
     run = {"spec": spec, "features_sha256": features_sha256(features), "epochs": epochs, "batch_size": batch_size,
            "lr": lr, "weight_decay": weight_decay, "seed": seed, "val_frac": val_frac,
            "codec_kwargs": dict(sorted((codec_kwargs or {}).items()))}
+    if world > 1:  # only then: the keys of one-process runs (and their checkpoints) stay as they were
+        run["world"] = world
     key = run_key(run)
     ckpt = run_checkpoint_path(ckpt_path, key) if ckpt_path else None
     torch.manual_seed(seed)
@@ -94,6 +107,7 @@ def train_codec(spec: str, features: np.ndarray, epochs: int = 30, batch_size: i
     codec = create_codec(spec, x_all.shape[1], **(codec_kwargs or {}))
     if isinstance(codec, DirectScalarQuantizer):
         codec.init_from_data(x_tr)
+    model = torch.nn.parallel.DistributedDataParallel(codec) if ddp else codec  # averages gradients over ranks
     opt = torch.optim.Adam(codec.parameters(), lr=lr, weight_decay=weight_decay)
     steps_per_epoch = max(1, len(x_tr) // batch_size)
     total = epochs * steps_per_epoch
@@ -116,22 +130,27 @@ def train_codec(spec: str, features: np.ndarray, epochs: int = 30, batch_size: i
     for epoch in range(start_epoch, epochs):
         codec.train()
         perm = torch.randperm(len(x_tr))
-        bar = tqdm(range(steps_per_epoch), desc=f"{spec} {epoch + 1}/{epochs}", disable=not progress, leave=False)
+        bar = tqdm(range(steps_per_epoch), desc=f"{spec} {epoch + 1}/{epochs}" + (f" [rank {rank}/{world}]" if ddp else ""),
+                   disable=not progress or rank != 0, leave=False)
         tot = 0.0
         for it in bar:
-            xb = x_tr[perm[it * batch_size : (it + 1) * batch_size]]
-            x_hat, aux = codec(xb)
+            xb = x_tr[perm[it * batch_size : (it + 1) * batch_size]][rank::world]  # same perm on every rank (same seed)
+            x_hat, aux = model(xb)
             loss = cosine_loss(x_hat, xb) + aux
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             tot += loss.item()
+        if ddp:  # the logged loss is the mean over every rank's share
+            t = torch.tensor([tot / world])
+            dist.all_reduce(t)
+            tot = float(t)
         val_cos = mean_cosine(codec, x_va)
         history.append({"epoch": epoch + 1, "train_loss": tot / steps_per_epoch, "val_cosine": val_cos})
         if val_cos > best[0]:
             best = (val_cos, {k: v.detach().clone() for k, v in codec.state_dict().items()})
-        if ckpt:
+        if ckpt and rank == 0:
             save_checkpoint({"spec": spec, "run_key": key, "run": run, "codec": codec.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                              "epoch": epoch + 1, "history": history, "best_cos": best[0], "best_state": best[1],
                              "rng": torch.get_rng_state(), "elapsed": time.time() - t0}, ckpt)
@@ -147,7 +166,9 @@ def train_codec(spec: str, features: np.ndarray, epochs: int = 30, batch_size: i
         "params": int(sum(p.numel() for p in codec.parameters())),
         "features_sha256": run["features_sha256"], "run_key": key,
     }
-    if ckpt:  # finished: nothing left to resume, and nothing a later run could pick up
+    if world > 1:
+        card["processes"] = world  # data-parallel (DDP) over this many ranks
+    if ckpt and rank == 0:  # finished: nothing left to resume, and nothing a later run could pick up
         ckpt.unlink(missing_ok=True)
         logger.info("%s: finished; removed checkpoint %s", spec, ckpt)
     return codec, card
