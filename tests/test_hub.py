@@ -158,3 +158,23 @@ def test_push_checks_the_folder_and_uploads_exactly_the_codec_files(saved, monke
         push_folder(path, "someone/x")  # never uploads a broken folder
     with pytest.raises(CodecError, match="org/name"):
         push_folder(path, "not-a-repo")
+
+
+def test_readme_hub_snippet_runs_offline(saved, offline_hub, monkeypatch):
+    """The README's Hub snippet, against a cached repo of that name (and a mocked upload)."""
+    import re
+
+    import huggingface_hub
+
+    codec, path, _ = saved
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("## Codecs for your own backbone", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    repo = re.search(r'load_codec\("([^"]+)"', code).group(1)
+    codec.backbone = re.search(r'backbone="([^"]+)"', code).group(1)
+    fill_cache(offline_hub, repo, codec.save_pretrained(path.parent / "readme", {}))
+    uploads = []
+    monkeypatch.setattr(huggingface_hub, "create_repo", lambda *a, **k: None)
+    monkeypatch.setattr(huggingface_hub, "upload_folder", lambda **k: uploads.append(k) or "url")
+    exec(compile(code, "README.md", "exec"), {})
+    assert [u["repo_id"] for u in uploads] == ["you/another-repo"]
