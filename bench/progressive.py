@@ -14,8 +14,8 @@ Encode/decode speed on one core (torch and faiss at 1 thread) against FAISS PQ a
         --train ~/.cache/semcomp/features/lite-train-photos.safetensors --test ~/.cache/semcomp/features/lite-val.safetensors
 
 Writes bench/results/progressive.{json,md}. On a loaded machine run it in two parts (``--part peers`` writes
-progressive_peers.json, the peers and the ladder, independent of the prq model; ``--part prq`` then measures the
-model and merges them; each row keeps the command that measured it).
+progressive_peers.json, the peers and the ladder, independent of the prq model; ``--part prq`` writes
+progressive_prq.json; ``--part merge`` joins them, each row keeping the command that measured it).
 """
 from __future__ import annotations
 
@@ -169,9 +169,11 @@ def main():
     ap.add_argument("--budgets", type=int, nargs="*", default=list(BUDGETS))
     ap.add_argument("--no-ladder", action="store_true")
     ap.add_argument("--out-name", default="progressive")
-    ap.add_argument("--part", default="all", choices=["all", "peers", "prq"],
+    ap.add_argument("--part", default="all", choices=["all", "peers", "prq", "merge"],
                     help="peers: peers + ladder into <out-name>_peers.json; prq: the prq model, merged with that file")
     a = ap.parse_args()
+    if a.part == "merge":
+        return merge(a.out_name)
     import faiss
 
     from semcomp.codecs import load_codec
@@ -232,22 +234,32 @@ def main():
                                               "float": {"top1": fl["top1"], "top5": fl["top5"]}, "results": rows})
         print("wrote", path)
         return
-    peers = []
-    if a.part == "prq":  # the peers' rows from their own recorded run, same features and split
-        prev = json.loads((RESULTS / f"{a.out_name}_peers.json").read_text())
-        if (prev["train"], prev["test"]) != (a.train, a.test):
-            raise SystemExit(f"{a.out_name}_peers.json was measured on {prev['train']} / {prev['test']}, not these files")
-        peers = [dict(r, measured_by=prev["command"]) for r in prev["results"]]
     speeds = [speed(codec, x_te, b) for b in (8, 32, 64, 128, 256, 512, 1024) if b in a.budgets]
-    rows += peers
     card = json.loads((Path(a.codec) / "card.json").read_text())
     rep = {"data": f"fit: {a.train} ({len(x_tr)} features: training classes + photos, no test class); test: {a.test} "
                    f"({len(x_te)} features of the {len(split['test_classes'])} unseen classes)",
            "codec": codec.spec, "codec_card": {k: card.get(k) for k in ("epochs_run", "best_epoch", "stopped", "wall_time_s")},
            "backbone": a.backbone, "float": {"top1": fl["top1"], "top5": fl["top5"]}, "test_items": int(len(x_te)),
-           "results": rows, "speed_1thread": speeds}
+           "train": a.train, "test": a.test, "results": rows, "speed_1thread": speeds}
+    if a.part == "prq":  # merged with the peers' own recorded run (same files) by --part merge
+        print("wrote", record(f"{a.out_name}_prq", rep))
+        return
     path = record(a.out_name, rep)
     write_markdown(json.loads(path.read_text()), a.out_name)
+    print("wrote", path)
+
+
+def merge(name: str) -> None:
+    """progressive.{json,md} from the two recorded parts; each row keeps the command that measured it."""
+    prq = json.loads((RESULTS / f"{name}_prq.json").read_text())
+    peers = json.loads((RESULTS / f"{name}_peers.json").read_text())
+    if (prq["train"], prq["test"]) != (peers["train"], peers["test"]):
+        raise SystemExit(f"the parts were measured on different files: {prq['train']}/{prq['test']} vs {peers['train']}/{peers['test']}")
+    rows = [dict(r, measured_by=prq["command"]) for r in prq["results"]] + \
+           [dict(r, measured_by=peers["command"]) for r in peers["results"]]
+    rep = {**prq, "results": rows, "parts": {"prq": prq["command"], "peers": peers["command"]}}
+    path = record(name, rep)
+    write_markdown(json.loads(path.read_text()), name)
     print("wrote", path)
 
 
