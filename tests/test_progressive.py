@@ -209,3 +209,11 @@ def test_the_receiver_decodes_whatever_prefix_arrived(prq, data, tmp_path, monke
             assert torch.equal(feats, codec.decode(codec.encode(data[:2])[:, : bits // 4]))
     finally:
         receiver._codec.cache_clear()
+
+
+def test_faiss_residual_quantizer_init_gives_a_working_codec(data):
+    codec, card = train_progressive(SPEC, data, epochs=0, kmeans_iters=3, rq_beam=4, progress=False)
+    assert card["init"].startswith("faiss.ResidualQuantizer") and card["stopped"] == "max epochs (0)"
+    assert codec.books.abs().sum() > 0
+    cos = [card["holdout_cosine_at_cuts"][str(c)] for c in card["cuts"]]
+    assert all(b >= a - 1e-6 for a, b in zip(cos, cos[1:]))

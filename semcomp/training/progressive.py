@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import numpy as np
@@ -40,8 +41,11 @@ def budget_cuts(codec: ProgressiveRQ) -> list[int]:
 
 @torch.no_grad()
 def residual_kmeans_init(codec: ProgressiveRQ, x: torch.Tensor, niter: int = 10, seed: int = 0,
-                         max_points_per_centroid: int = 40, progress: bool = False) -> None:
-    """Fill bias, own codebooks, shared codebook and scales from ``x`` (N, D) by residual k-means (faiss)."""
+                         max_points_per_centroid: int = 40, progress: bool = False, rq_beam: int = 0) -> None:
+    """Fill bias, own codebooks, shared codebook and scales from ``x`` (N, D) by residual k-means (faiss).
+
+    ``rq_beam`` > 0: the own stages come from ``faiss.ResidualQuantizer`` trained with that beam width (its stage
+    codebooks are trained on beam-searched residuals); 0: greedy residual k-means, one faiss.Kmeans per stage."""
     import faiss
     from tqdm import tqdm
 
@@ -57,7 +61,17 @@ def residual_kmeans_init(codec: ProgressiveRQ, x: torch.Tensor, niter: int = 10,
         km.train(np.ascontiguousarray(data.numpy(), dtype=np.float32))
         return torch.from_numpy(km.centroids.copy())
 
-    for j in tqdm(range(o), desc="residual k-means (own stages)", disable=not progress, leave=False):
+    if rq_beam and o:
+        # faiss' residual quantiser: each stage's k-means on the residuals of a beam search over the stages before
+        rq = faiss.ResidualQuantizer(d, o, int(round(math.log2(k))))
+        rq.max_beam_size = rq_beam
+        rq.cp.niter, rq.cp.seed = niter, seed
+        rq.train(np.ascontiguousarray(r.numpy(), dtype=np.float32))
+        codec.books.copy_(torch.from_numpy(faiss.vector_to_array(rq.codebooks).reshape(o, k, d)))
+        for j in range(o):
+            book = codec.books[j]
+            r -= book[((book * book).sum(1)[None] - 2 * r @ book.T).argmin(1)]
+    for j in tqdm(range(o if not rq_beam else 0), desc="residual k-means (own stages)", disable=not progress, leave=False):
         book = kmeans(r, j)
         codec.books[j] = book
         idx = ((book * book).sum(1)[None] - 2 * r @ book.T).argmin(1)
@@ -123,7 +137,7 @@ class _Tables(torch.nn.Module):
 
 def train_progressive(spec: str, features, epochs: int = 100, batch_size: int = 256, lr: float = 1e-3, seed: int = 0,
                       val_frac: float = 0.1, patience: int = 6, kmeans_iters: int = 10, finetune: bool = True,
-                      epoch_items: int = 8192,
+                      epoch_items: int = 8192, rq_beam: int = 0,
                       max_seconds: float | None = None, codec_kwargs: dict | None = None,
                       progress: bool = True) -> tuple[ProgressiveRQ, dict]:
     """Residual k-means, then nested fine-tuning with early stopping on held-out training features.
@@ -140,7 +154,7 @@ def train_progressive(spec: str, features, epochs: int = 100, batch_size: int = 
     codec = create_codec(spec, x_all.shape[1], **(codec_kwargs or {}))
     if not isinstance(codec, ProgressiveRQ):
         raise ValueError(f"train_progressive trains prq codecs, got {spec!r}")
-    residual_kmeans_init(codec, x_tr, niter=kmeans_iters, seed=seed, progress=progress)
+    residual_kmeans_init(codec, x_tr, niter=kmeans_iters, seed=seed, progress=progress, rq_beam=rq_beam)
     init_s = time.time() - t0
     cuts = budget_cuts(codec)
     cos0 = prefix_cosines(codec, x_va, cuts)
@@ -200,7 +214,8 @@ def train_progressive(spec: str, features, epochs: int = 100, batch_size: int = 
     cos_final = prefix_cosines(codec, x_va, cuts)
     card = {
         "spec": spec, "bits": codec.bits, "stage_bits": codec.stage_bits, "seed": seed, "lr": lr, "batch_size": batch_size,
-        "init": f"residual k-means (faiss.Kmeans, {kmeans_iters} iterations) per own stage; shared codebook by k-means on "
+        "init": (f"faiss.ResidualQuantizer (beam {rq_beam}, {kmeans_iters} k-means iterations) for the own stages" if rq_beam
+                 else f"residual k-means (faiss.Kmeans, {kmeans_iters} iterations) per own stage") + "; shared codebook by k-means on "
                 "the residual after the own stages; shared-stage scales by least squares",
         "finetune": ("nested loss: mean over budget cuts of (1 - cos(prefix, x)) / its value after init; codes re-assigned "
                      "greedily at the start of each epoch (a fresh random subset of epoch_items training items), fixed within it; Adam on unit-RMS codebooks and log-scales") if finetune else None,
