@@ -169,11 +169,14 @@ def main():
     ap.add_argument("--budgets", type=int, nargs="*", default=list(BUDGETS))
     ap.add_argument("--no-ladder", action="store_true")
     ap.add_argument("--out-name", default="progressive")
-    ap.add_argument("--part", default="all", choices=["all", "peers", "prq", "merge"],
+    ap.add_argument("--log", help="--part salvage-peers: the stdout of a --part peers run that was stopped early")
+    ap.add_argument("--part", default="all", choices=["all", "peers", "prq", "merge", "salvage-peers"],
                     help="peers: peers + ladder into <out-name>_peers.json; prq: the prq model, merged with that file")
     a = ap.parse_args()
     if a.part == "merge":
         return merge(a.out_name)
+    if a.part == "salvage-peers":
+        return salvage_peers(a)
     import faiss
 
     from semcomp.codecs import load_codec
@@ -249,6 +252,20 @@ def main():
     print("wrote", path)
 
 
+def salvage_peers(a) -> None:
+    """The peers record from the rows a ``--part peers`` run printed before it was stopped (each row is printed,
+    flushed, as soon as it is measured): nothing re-measured, the record says it is partial."""
+    import ast
+
+    rows = [ast.literal_eval(l) for l in Path(a.log).read_text().splitlines() if l.startswith("{'method'")]
+    last = rows[-1]
+    path = record(f"{a.out_name}_peers", {"train": a.train, "test": a.test, "results": rows,
+                                          "partial": f"rows printed by a --part peers run on these files, stopped for time "
+                                                     f"after {last['method']} {last['spec']} ({len(rows)} rows); the ladder "
+                                                     "was not reached (see bench/results/rate_accuracy.json)"})
+    print("wrote", path)
+
+
 def merge(name: str) -> None:
     """progressive.{json,md} from the two recorded parts; each row keeps the command that measured it."""
     prq = json.loads((RESULTS / f"{name}_prq.json").read_text())
@@ -257,7 +274,8 @@ def merge(name: str) -> None:
         raise SystemExit(f"the parts were measured on different files: {prq['train']}/{prq['test']} vs {peers['train']}/{peers['test']}")
     rows = [dict(r, measured_by=prq["command"]) for r in prq["results"]] + \
            [dict(r, measured_by=peers["command"]) for r in peers["results"]]
-    rep = {**prq, "results": rows, "parts": {"prq": prq["command"], "peers": peers["command"]}}
+    rep = {**prq, "results": rows, "parts": {"prq": prq["command"], "peers": peers["command"]},
+           **({"peers_partial": peers["partial"]} if peers.get("partial") else {})}
     path = record(name, rep)
     write_markdown(json.loads(path.read_text()), name)
     print("wrote", path)
