@@ -322,6 +322,8 @@ def write_markdown(rep, name):
                      + (f"{fmt(bp[1])} ({bp[0]})" if bp else "–") + " | "
                      + (f"{fmt(lad[b])} (`{lad[b][3]}`)" if b in lad else "–") + " | "
                      + " | ".join(fmt(sums[m].get(b)) for m in peers) + " |")
+    if rep.get("peers_partial"):
+        lines += ["", f"Peers: {rep['peers_partial']}."]
     lines += ["", "Speed on one core (items/s; torch and faiss at 1 thread; prq greedy encode of the first bits/8 stages):", "",
               "| bits | prq encode | prq decode | FAISS PQ encode | FAISS PQ decode |", "|---:|---:|---:|---:|---:|"]
     for s in rep["speed_1thread"]:
