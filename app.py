@@ -114,14 +114,26 @@ def stats_markdown(r, backbone: str) -> str:
     else:
         payload = f"entropy-coded payload ({r.coder})"
     steps = ", ".join(f"{k} {v:.2f} s" for k, v in r.timings.items())
+    if r.full_stream_bytes:  # a progressive stream, cut without the model
+        cut = (f"| progressive stream | the sender's whole stream ({r.full_stream_bits} bits/feature, {r.full_stream_bytes}-byte "
+               f"`.scf`) **cut** to its first {r.fixed_bits} bits ({len(r.blob)}-byte `.scf`) by `semcomp.truncate`; "
+               f"the receiver decoded that prefix |\n")
+    else:
+        cut = ""
+    if r.frame_bytes:
+        frame = (f"| the same feature as one frame of a stream (codec announced once in {r.announce_bytes} bytes) | "
+                 f"**{r.frame_bytes} bytes** (sequence + payload + CRC-16; {'fits' if r.frame_bytes <= 51 else 'exceeds'} "
+                 f"a 51-byte LoRa frame) |\n")
+    else:
+        frame = ""
     return (
         f"### {r.spec} — {r.fixed_bits} bits fixed\n"
         f"| | value |\n|---|---|\n"
         f"| fixed-length symbols | **{r.fixed_bits} bits** ({r.fixed_bits / r.dim:.3f} bits/dim) |\n"
+        + cut +
         f"| {payload} | **{r.payload_bits} bits** |\n"
         f"| whole `.scf` file (header + CRC) | {len(r.blob)} bytes |\n"
-        f"| the same feature as one frame of a stream (codec announced once in {r.announce_bytes} bytes) | "
-        f"**{r.frame_bytes} bytes** (sequence + payload + CRC-16; {'fits' if r.frame_bytes <= 51 else 'exceeds'} a 51-byte LoRa frame) |\n"
+        + frame +
         f"| float32 feature | {fl} bits → ratio **{fl / max(1, r.payload_bits):.0f}×** |\n"
         f"| JPEG q75 of this image ({w}×{h}) | {r.jpeg_bits} bits ({r.jpeg_bits / (w * h):.3f} bpp) → "
         f"{r.jpeg_bits / max(1, r.payload_bits):.0f}× more |\n"
@@ -140,7 +152,8 @@ def build(demo, scf_files: ScfFiles):
     from semcomp.labels import MAX_LABELS
 
     families = demo.families()
-    fam0 = "fsq" if "fsq" in families else families[0]
+    progressive = [f for f in families if demo.is_progressive(f)]
+    fam0 = progressive[0] if progressive else ("fsq" if "fsq" in families else families[0])
     every_budget = sorted({b for f in families for b in demo.budgets(f)})
 
     def budget_choices(f):
@@ -191,7 +204,11 @@ def build(demo, scf_files: ScfFiles):
                     family = gr.Dropdown(families, value=fam0, label="Codec family")
                     # every family's budgets are valid choices for API clients; the page narrows them per family
                     bits = gr.Dropdown([(f"{b} bits", b) for b in every_budget], value=default_budget(fam0),
-                                       label="Bit budget (the shipped codecs of this family)")
+                                       label="Bit budget (the shipped codecs of this family)",
+                                       visible=not demo.is_progressive(fam0))
+                    # a progressive family: one model, its stream cut at any stage boundary; the slider drives `bits`
+                    cut = gr.Slider(8, 1024, value=64, step=8, visible=demo.is_progressive(fam0),
+                                    label="Bit budget (one progressive model: the stream is cut here)")
                     coder = gr.Radio(list(CODERS), value="auto",
                                      label="Entropy coder (auto: the smallest; raw: not entropy-coded)")
                     label_set = gr.Dropdown(demo.label_set_names(), value="ImageNet-1k", label="Labels")
@@ -252,10 +269,15 @@ def build(demo, scf_files: ScfFiles):
                     r_gen = gr.Image(label="Generated image", interactive=False)
 
         def on_family(f, current):
-            return gr.Dropdown(choices=budget_choices(f), value=default_budget(f, current))
+            b = demo.budgets(f)
+            prog = demo.is_progressive(f)
+            value = default_budget(f, current)
+            return (gr.Dropdown(choices=budget_choices(f), value=value, visible=not prog),
+                    gr.Slider(minimum=b[0], maximum=b[-1], step=b[0], value=value, visible=prog) if prog else gr.Slider(visible=False))
 
-        family.change(on_family, [family, bits], bits, api_name=False)
-        ui.load(on_family, [family, bits], bits, api_name=False)
+        family.change(on_family, [family, bits], [bits, cut], api_name=False)
+        ui.load(on_family, [family, bits], [bits, cut], api_name=False)
+        cut.change(lambda v: int(v), cut, bits, api_name=False)
         go.click(transmit, [image, family, bits, coder, label_set, custom, command],
                  [stats, orig, dec, scf, plot, cap_o, cap_d, seg_o, seg_d, seg_note, px_jpeg, px_learned, px_note],
                  api_name="transmit", show_progress_on=[stats])  # progress (or a failure's badge) in one box

@@ -74,7 +74,9 @@ class TransmitResult:
     elapsed_s: float  # wall time of the whole request on this server
     timings: dict[str, float] = field(default_factory=dict)  # per step, seconds
     frame_bytes: int = 0  # the same feature as one frame of a framed stream (semcomp.framing): seq + payload + CRC-16
-    announce_bytes: int = 0  # that stream's one-time codec announcement
+    announce_bytes: int = 0  # that stream's one-time codec announcement (both 0: not framed, e.g. a progressive cut)
+    full_stream_bytes: int = 0  # a progressive codec's whole .scf before the cut (0: not progressive)
+    full_stream_bits: int = 0  # ... and its bits per feature
 
     @property
     def coder_text(self) -> str:
@@ -203,7 +205,24 @@ class Demo:
     def families(self) -> list[str]:
         return sorted({c["family"] for c in self.codecs})
 
+    def is_progressive(self, family: str) -> bool:
+        """One model for every budget of the family: its stream is cut at any stage boundary (semcomp.truncate)."""
+        from .codecs.progressive import ProgressiveRQ
+
+        return family == ProgressiveRQ.family
+
     def budgets(self, family: str) -> list[int]:
+        """The budgets the family offers: shipped codecs' bits, or every stage boundary of a progressive one."""
+        if self.is_progressive(family):
+            from .codecs.progressive import ProgressiveRQ
+
+            cuts = set()
+            for c in self.codecs:
+                if c["family"] == family:
+                    p = ProgressiveRQ.parse_spec(c["spec"])
+                    step = int(p["k"]).bit_length() - 1  # log2 k bits per stage
+                    cuts |= set(range(step, step * int(p["s"]) + 1, step))
+            return sorted(cuts)
         return sorted({c["bits"] for c in self.codecs if c["family"] == family})
 
     def label_set_names(self) -> list[str]:
@@ -217,9 +236,14 @@ class Demo:
             raise DemoError(f"unknown codec family {family!r}; choose one of {self.families()}")
         budgets = self.budgets(family)
         b = check_int("the bit budget", bits, 1, 1 << 20)
+        if b not in budgets and self.is_progressive(family):
+            raise DemoError(f"{family} streams are cut at multiples of {budgets[0]} bits, from {budgets[0]} to "
+                            f"{budgets[-1]}; {b} is not one of them")
         if b not in budgets:
             raise DemoError(f"{family} has no {b}-bit codec; its shipped budgets are {', '.join(map(str, budgets))} bits")
-        options = [c for c in self.codecs if c["family"] == family and c["bits"] == b]
+        options = [c for c in self.codecs if c["family"] == family and (c["bits"] == b or self.is_progressive(family))]
+        if self.is_progressive(family):  # the largest model of the family holds every smaller cut
+            options = [max(options, key=lambda c: c["bits"])]
         best = max(options, key=lambda c: self.measured_top1.get(c["spec"], 0.0))
         with self._load_lock:
             if best["spec"] not in self._loaded:
@@ -411,8 +435,9 @@ class Demo:
         clf = self.classifier(label_set, custom)
         timings["intake + labels"] = time.perf_counter() - t0
         t = time.perf_counter()
-        tx = SemanticLink(self.backbone, codec, coder).transmit_image(image)
-        timings["encode + compress + decode"] = time.perf_counter() - t
+        progressive = self.is_progressive(family)
+        tx = SemanticLink(self.backbone, codec, coder).transmit_image(image, int(bits) if progressive else None)
+        timings["encode + compress + cut + decode" if progressive else "encode + compress + decode"] = time.perf_counter() - t
         jpeg = io.BytesIO()
         image.save(jpeg, format="JPEG", quality=75)
         orig, dec = clf.predict(tx.original)[0], clf.predict(tx.decoded)[0]
@@ -428,15 +453,19 @@ class Demo:
         plot = self.plot(family, codec.spec)
         from .framing import MAX_FRAME, FrameSender
 
-        sender = FrameSender(codec, max_frame=MAX_FRAME)
-        frame = sender.frame_symbols(codec.encode(tx.original.reshape(1, -1))[0])
+        frame_bytes = announce_bytes = 0
+        if not progressive:  # framing carries whole codes; a cut progressive stream travels as its .scf
+            sender = FrameSender(codec, max_frame=MAX_FRAME)
+            frame_bytes = len(sender.frame_symbols(codec.encode(tx.original.reshape(1, -1))[0]))
+            announce_bytes = len(sender.announce())
         return TransmitResult(
-            spec=codec.spec, fixed_bits=codec.bits, coder=SemanticLink.coder_of(tx.blob), payload_bits=tx.payload_bits,
+            spec=codec.spec, fixed_bits=tx.fixed_bits, coder=SemanticLink.coder_of(tx.blob), payload_bits=tx.payload_bits,
             blob=tx.blob, cosine=tx.cosine, dim=codec.dim, image_size=image.size, jpeg_bits=8 * len(jpeg.getvalue()),
             labels_original=dict(zip(orig.labels, orig.probs)), labels_decoded=dict(zip(dec.labels, dec.probs)),
             caption_original=cap_o, caption_decoded=cap_d, segment_original=seg_o, segment_decoded=seg_d,
             segment_note=seg_note, pixels_jpeg=px_jpeg, pixels_learned=px_learned, pixels_note=px_note, plot=plot,
-            elapsed_s=time.perf_counter() - t0, timings=timings, frame_bytes=len(frame), announce_bytes=len(sender.announce()))
+            elapsed_s=time.perf_counter() - t0, timings=timings, frame_bytes=frame_bytes, announce_bytes=announce_bytes,
+            full_stream_bytes=len(tx.full_blob) if tx.full_blob else 0, full_stream_bits=codec.bits if tx.full_blob else 0)
 
     def _generation_args(self, seed, steps, guidance) -> tuple[int, int, float]:
         return (check_int("the seed", seed, 0, MAX_SEED), check_int("the number of denoising steps", steps, 1, MAX_STEPS),
@@ -458,7 +487,7 @@ class Demo:
         codec, _ = self.codec_for(family, bits)
         coder = self._coder(coder)
         image = self._intake(image)
-        tx = SemanticLink(self.backbone, codec, coder).transmit_image(image)
+        tx = SemanticLink(self.backbone, codec, coder).transmit_image(image, int(bits) if self.is_progressive(family) else None)
         out = gen.generate(_stack([tx.original, tx.decoded]), steps=steps, guidance=guidance, seed=seed, callback=progress)
         big = [np.asarray(Image.fromarray(o).resize((256, 256), Image.BICUBIC)) for o in out]
         return GenerateResult(big[0], big[1], codec.spec, seed, steps, guidance, time.perf_counter() - t0)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .backbone import Backbone
-from .bitstream import unpack
+from .bitstream import truncate, unpack
 from .codecs import Codec
 from .entropy import coder_name
 from .framing import LORA_MAX_FRAME, FrameReceiver, FrameSender
@@ -22,6 +22,7 @@ class Transmission:
     payload_bits: int  # entropy-coded symbol bits
     original: torch.Tensor  # (D,) sender's float feature
     decoded: torch.Tensor  # (D,) receiver's feature, decoded from blob
+    full_blob: bytes | None = None  # a progressive codec's whole stream before it was cut to ``blob`` (else None)
 
     @property
     def cosine(self) -> float:
@@ -40,11 +41,15 @@ class SemanticLink:
     def receive(self, blob: bytes) -> torch.Tensor:
         return self.codec.decompress(blob)[0]
 
-    def transmit_image(self, image) -> Transmission:
+    def transmit_image(self, image, bits: int | None = None) -> Transmission:
+        """``bits``: for a progressive codec, send its whole stream cut to this many bits per feature (the cut is
+        :func:`semcomp.truncate`, made without the model, as a relay would make it); None sends everything."""
         f = self.backbone.encode_images([image])[0]
-        blob = self.send_feature(f)
-        _, payload = unpack(blob)
-        return Transmission(blob, self.codec.bits, 8 * len(payload), f, self.receive(blob))
+        full = self.send_feature(f)
+        blob = full if bits is None else truncate(full, bits)
+        header, payload = unpack(blob)
+        fixed = self.codec.bits if bits is None else header.stage_bits * header.stages
+        return Transmission(blob, fixed, 8 * len(payload), f, self.receive(blob), None if bits is None else full)
 
     # ---- framed streams for constrained links (semcomp.framing): the codec announced once, then payload + 3 bytes
     def sender(self, coding: str = "huffman", max_frame: int = LORA_MAX_FRAME, stream_id: bytes | None = None) -> FrameSender:

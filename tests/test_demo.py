@@ -48,9 +48,30 @@ def test_transmit_an_example_end_to_end(demo):
     assert rx.spec == r.spec and rx.labels == r.labels_decoded and rx.caption == r.caption_decoded
     assert rx.image.shape == (256, 256, 3) and rx.n_items == 1
     r2 = demo.transmit(Image.open(EXAMPLE), "aesq", 600, "ans", "Custom", "fish, hat, car, fish")
-    assert set(r2.labels_original) == {"fish", "hat", "car"} and r2.coder == "ans"
+    # "ans" asked; a stream ANS would make longer than raw falls back to raw (never more than the fixed bits)
+    assert set(r2.labels_original) == {"fish", "hat", "car"} and r2.coder in ("ans", "raw") and r2.payload_bits <= 600
     g = demo.generate(str(EXAMPLE), "fsq", 64, "auto", seed=1, steps=2, guidance=3.0)
     assert g.original.shape == g.decoded.shape == (256, 256, 3) and g.steps == 2 and g.elapsed_s > 0
+
+
+@pytest.mark.slow
+def test_one_progressive_model_serves_every_budget_by_cutting_its_stream(demo):
+    assert demo.is_progressive("prq") and not demo.is_progressive("fsq")
+    budgets = demo.budgets("prq")
+    assert budgets[:3] == [8, 16, 24] and budgets[-1] == 1024 and len(budgets) == 128
+    cosines = []
+    photo = str(ROOT / "assets" / "examples" / "kodim05.jpg")  # not in any training set (the goldfish trained prq)
+    for bits in (8, 64, 1024):
+        r = demo.transmit(photo, "prq", bits, "auto", "Tiny-ImageNet-200", "", "")
+        assert r.fixed_bits == r.payload_bits == bits and r.full_stream_bits == 1024
+        assert len(r.blob) < r.full_stream_bytes or bits == 1024  # the same stream, cut shorter
+        assert r.frame_bytes == 0  # framing carries whole codes only; the cut travels as .scf
+        cosines.append(r.cosine)
+    assert cosines[0] < cosines[1] < cosines[2]
+    rx = demo.receive(r.blob, "Tiny-ImageNet-200", "", False, 0, 2, 3.0)  # the receiver decodes whatever prefix came
+    assert rx.spec.startswith("prq") and rx.fixed_bits >= 8
+    with pytest.raises(DemoError, match="multiples of 8 bits"):
+        demo.transmit(str(EXAMPLE), "prq", 12, "auto", "Tiny-ImageNet-200", "", "")
 
 
 @pytest.mark.slow

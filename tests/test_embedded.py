@@ -52,12 +52,12 @@ def test_top_budget_keeps_float_zero_shot_accuracy_on_bundled_images(backbone, t
 
 def test_more_bits_keep_more_cosine_on_real_features(backbone):
     f = backbone.encode_images([Image.open(p) for p in sorted((ROOT / "assets" / "examples").glob("*.jpg"))])
-    pq = [c for c in shipped_codecs(backbone.name) if c["family"] == "pqvae" and c["spec"].endswith("d8k16")]
+    fsq = [c for c in shipped_codecs(backbone.name) if c["family"] == "fsq"]  # 64 and 256 bits
     cos = []
-    for c in sorted(pq, key=lambda c: c["bits"]):
+    for c in sorted(fsq, key=lambda c: c["bits"]):
         codec = load_codec(c["path"])
         cos.append(torch.nn.functional.cosine_similarity(codec.reconstruct(f), f).mean().item())
-    assert len(cos) >= 3 and cos[-1] > cos[0]
+    assert len(cos) >= 2 and cos[-1] > cos[0]
 
 
 def test_readme_python_snippet_runs():

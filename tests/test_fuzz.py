@@ -81,7 +81,7 @@ def test_forged_counts_on_every_shipped_codec_are_refused_without_memory_or_time
     from semcomp.receiver import RECEIVE_MAX_ITEMS
 
     folders = sorted(p for p in SHIPPED.iterdir() if (p / "config.json").exists())
-    assert len(folders) >= 28
+    assert len(folders) >= 7  # every family of the tiny backbone's pruned ladder
     g = torch.Generator().manual_seed(0)
     x = torch.nn.functional.normalize(torch.randn(2, 512, generator=g), dim=-1)
     cases = []  # (codec, forged blob, coder): every codec and coder loaded and encoded before measuring
