@@ -170,13 +170,15 @@ def main():
     ap.add_argument("--no-ladder", action="store_true")
     ap.add_argument("--out-name", default="progressive")
     ap.add_argument("--log", help="--part salvage-peers: the stdout of a --part peers run that was stopped early")
-    ap.add_argument("--part", default="all", choices=["all", "peers", "prq", "merge", "salvage-peers"],
+    ap.add_argument("--part", default="all", choices=["all", "peers", "prq", "merge", "salvage-peers", "salvage-prq"],
                     help="peers: peers + ladder into <out-name>_peers.json; prq: the prq model, merged with that file")
     a = ap.parse_args()
     if a.part == "merge":
         return merge(a.out_name)
     if a.part == "salvage-peers":
         return salvage_peers(a)
+    if a.part == "salvage-prq":
+        return salvage_prq(a)
     import faiss
 
     from semcomp.codecs import load_codec
@@ -266,6 +268,21 @@ def salvage_peers(a) -> None:
     print("wrote", path)
 
 
+def salvage_prq(a) -> None:
+    """The prq record from the rows a ``--part prq`` run printed before it was stopped in its speed measurement."""
+    import ast
+
+    rows = [ast.literal_eval(l) for l in Path(a.log).read_text().splitlines() if l.startswith("{'method'")]
+    card = json.loads((Path(a.codec) / "card.json").read_text())
+    rep = {"data": f"fit: {a.train} (training classes + photos, no test class); test: {a.test} (unseen classes)",
+           "codec": card["spec"], "codec_card": {k: card.get(k) for k in ("epochs_run", "best_epoch", "stopped", "wall_time_s")},
+           "backbone": a.backbone, "float": {"top1": 0.752, "top5": 0.911}, "test_items": 2000, "train": a.train, "test": a.test,
+           "results": rows, "speed_1thread": [],
+           "partial": "rows printed by a --part prq run on these files, stopped for time in its speed measurement (no speed "
+                      "recorded); float top-1/top-5 and the test size from bench/results/rate_accuracy.json (same 2,000 images)"}
+    print("wrote", record(f"{a.out_name}_prq", rep))
+
+
 def merge(name: str) -> None:
     """progressive.{json,md} from the two recorded parts; each row keeps the command that measured it."""
     prq = json.loads((RESULTS / f"{name}_prq.json").read_text())
@@ -324,6 +341,8 @@ def write_markdown(rep, name):
                      + " | ".join(fmt(sums[m].get(b)) for m in peers) + " |")
     if rep.get("peers_partial"):
         lines += ["", f"Peers: {rep['peers_partial']}."]
+    if rep.get("partial"):
+        lines += ["", f"prq: {rep['partial']}."]
     lines += ["", "Speed on one core (items/s; torch and faiss at 1 thread; prq greedy encode of the first bits/8 stages):", "",
               "| bits | prq encode | prq decode | FAISS PQ encode | FAISS PQ decode |", "|---:|---:|---:|---:|---:|"]
     for s in rep["speed_1thread"]:
