@@ -287,11 +287,11 @@ def test_train_caption_on_a_users_csv_and_coco_pairs(tmp_path):
     (tmp_path / "bad.csv").write_text("file,text\n")
     with pytest.raises(DataError, match="'image' and 'caption'"):
         caption_pairs(tmp_path / "bad.csv")
-    card = train_pairs_captioner(tmp_path / "cap", pairs, through_codec="pqvae-n16d8k16", epochs=60, batch_size=8, lr=2e-3,
+    card = train_pairs_captioner(tmp_path / "cap", pairs, through_codec="pqvae-n32d8k16", epochs=60, batch_size=8, lr=2e-3,
                                  cfg_overrides={"n_embd": 32, "n_layer": 1, "n_head": 2, "prefix_length": 2, "mapping_hidden": 64},
                                  holdout=0.2)
     assert card["final_loss"] < 0.6 * card["first_loss"] and card["data"]["held_out_images"] == 2
-    assert "token_f1_decoded_vs_float (pqvae-n16d8k16)" in card["eval"]
+    assert "token_f1_decoded_vs_float (pqvae-n32d8k16)" in card["eval"]
     from semcomp.heads.caption import Captioner
 
     assert Captioner.from_pretrained(tmp_path / "cap").cfg.embed_dim == 512
