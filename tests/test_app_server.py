@@ -261,8 +261,8 @@ def test_a_real_backbone_without_codecs_stops_before_any_download():
     assert out.returncode == 2
     err = out.stderr.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
-    assert "no codecs for backbone 'ViT-B-32/openai'" in err and "semcomp extract --backbone ViT-B-32/openai" in err
-    assert "semcomp train" in err
+    assert "no codecs for backbone 'ViT-B-32/openai'" in err and "semcomp fit --backbone ViT-B-32/openai" in err
+    assert "semcomp pull" in err
     assert time.perf_counter() - t < 60
 
 
