@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE_RESULTS = ROOT / "bench" / "results" / "rate_accuracy.json"
+# the shipped progressive model's measured curve (bench/progressive.py --part prq): one model, every cut
+PROGRESSIVE_RESULTS = ROOT / "bench" / "results" / "progressive_beaminit_prq.json"
 
 CODERS = ("auto", "ans", "huffman", "raw")
 CUSTOM = "Custom"
@@ -187,6 +189,8 @@ class Demo:
         rep = json.loads(RATE_RESULTS.read_text()) if RATE_RESULTS.exists() else {"results": []}
         self.rate_report = rep if rep.get("backbone") == self.backbone.name else {"results": []}
         self.measured_top1 = {r["codec"]: r.get("top1", 0.0) for r in self.rate_report["results"]}
+        prog = json.loads(PROGRESSIVE_RESULTS.read_text()) if PROGRESSIVE_RESULTS.exists() else {}
+        self.progressive_report = prog if prog.get("backbone") == self.backbone.name else {}
         self._classifiers: OrderedDict[tuple, object] = OrderedDict()  # custom label lists, LRU
         self._named_classifiers: OrderedDict[tuple, object] = OrderedDict()  # built-in and downloaded sets
         self._clf_lock = threading.Lock()
@@ -367,18 +371,18 @@ class Demo:
                 f"{how}; best-mask score {r0.scores[0]:.3f} (float command) vs {r1.scores[0]:.3f} (decoded command)")
         return _display(overlay(prep.image, r0)), _display(overlay(prep.image, r1)), note
 
-    def plot(self, family: str, spec: str) -> np.ndarray:
+    def plot(self, family: str, spec: str, bits: int | None = None) -> np.ndarray:
         # Rendered to pixels here, under a lock: matplotlib's text layout (mathtext) is not thread-safe, and a
         # framework's plot component would render it later in parallel threads (bench/app_load.py found both).
         from PIL import Image
 
         with PLOT_LOCK:
-            fig = self._plot(family, spec)
+            fig = self._plot(family, spec, bits)
             buf = io.BytesIO()
             fig.savefig(buf, format="png", dpi=100)
         return np.asarray(Image.open(buf).convert("RGB"))
 
-    def _plot(self, family: str, spec: str):
+    def _plot(self, family: str, spec: str, bits: int | None = None):
         import matplotlib
 
         matplotlib.use("Agg")
@@ -390,7 +394,17 @@ class Demo:
         ax = fig.subplots()
         rep = self.rate_report
         rows = best_per_budget([r for r in rep["results"] if r["family"] == family])  # one point per budget
-        if rows:
+        prog = self.progressive_report
+        cuts = [r for r in prog.get("results", []) if r.get("method") == "semcomp prq" and r.get("spec") == spec]
+        if self.is_progressive(family) and cuts:  # the model's own cuts, greedy encoding as the app sends
+            cuts.sort(key=lambda r: r["bits"])
+            ax.plot([r["bits"] for r in cuts], [100 * r["top1"] for r in cuts], "o-", label=f"{spec}, cut")
+            ax.axhline(100 * prog["float"]["top1"], ls="--", c="gray", label="float feature")
+            if bits is not None:
+                ax.axvline(bits, c="r", lw=1, label=f"chosen: {bits} bits")
+            ax.set_title(f"zero-shot top-1 on {prog.get('test_items', '?')} images of unseen classes", fontsize=9)
+            ax.legend(fontsize=7, loc="lower right")
+        elif rows:
             ax.plot([r["fixed_bits"] for r in rows], [100 * r["top1"] for r in rows], "o-", label=f"{family} (decoded)")
             ax.axhline(100 * rows[0]["float_top1"], ls="--", c="gray", label="float feature")
             here = [r for r in rep["results"] if r["codec"] == spec]
@@ -399,7 +413,7 @@ class Demo:
             ax.set_title(f"zero-shot top-1 on {rep.get('classes')} unseen classes", fontsize=9)
             ax.legend(fontsize=7, loc="lower right")
         else:
-            ax.set_title(f"no measured curve for {self.backbone.name} yet (bench/results/rate_accuracy.json)", fontsize=9)
+            ax.set_title(f"no measured curve for {family} on {self.backbone.name} yet", fontsize=9)
         ax.set_ylim(0, 100)  # a fixed scale: a 1-point difference must not look huge
         ax.set_xscale("log", base=2)
         ax.set_xlabel("bits per feature")
@@ -450,7 +464,7 @@ class Demo:
         t = time.perf_counter()
         px_jpeg, px_learned, px_note = self.same_bytes(image, len(tx.blob))
         timings["same bytes as pixels"] = time.perf_counter() - t
-        plot = self.plot(family, codec.spec)
+        plot = self.plot(family, codec.spec, tx.fixed_bits if progressive else None)
         from .framing import MAX_FRAME, FrameSender
 
         frame_bytes = announce_bytes = 0
