@@ -28,6 +28,18 @@ class CaptionError(ValueError):
     """Wrong embedding width / space, or unusable captioner weights."""
 
 
+def check_caption_embeddings(embeds, dim: int, trained_on: str, backbone: str | None = None) -> torch.Tensor:
+    """(N, dim) float32 from (dim,) or (N, dim); a CaptionError for another shape or another backbone's space."""
+    embeds = torch.as_tensor(embeds, dtype=torch.float32)
+    if embeds.ndim == 1:
+        embeds = embeds[None]
+    if embeds.ndim != 2 or embeds.shape[1] != dim:
+        raise CaptionError(f"captioner expects {dim}-d embeddings, got shape {tuple(embeds.shape)}")
+    if backbone is not None and backbone != trained_on:
+        raise CaptionError(f"captioner was trained on {trained_on!r} embeddings; these come from {backbone!r}")
+    return embeds
+
+
 @dataclass
 class CaptionConfig:
     embed_dim: int = 512
@@ -160,14 +172,7 @@ class Captioner:
 
     # ---- captioning
     def check(self, embeds, backbone: str | None = None) -> torch.Tensor:
-        embeds = torch.as_tensor(embeds, dtype=torch.float32)
-        if embeds.ndim == 1:
-            embeds = embeds[None]
-        if embeds.ndim != 2 or embeds.shape[1] != self.cfg.embed_dim:
-            raise CaptionError(f"captioner expects {self.cfg.embed_dim}-d embeddings, got shape {tuple(embeds.shape)}")
-        if backbone is not None and backbone != self.cfg.backbone:
-            raise CaptionError(f"captioner was trained on {self.cfg.backbone!r} embeddings; these come from {backbone!r}")
-        return embeds
+        return check_caption_embeddings(embeds, self.cfg.embed_dim, self.cfg.backbone, backbone)
 
     @torch.inference_mode()
     def caption(self, embeds, beam: int = 1, max_tokens: int = 24, backbone: str | None = None) -> list[str]:

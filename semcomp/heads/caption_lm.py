@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..weights import config_from_dict, file_sha256
-from .caption import CaptionError
+from .caption import CaptionError, check_caption_embeddings
 
 logger = logging.getLogger(__name__)
 
@@ -319,14 +319,7 @@ class LMCaptioner:
 
     # ---- captioning
     def check(self, embeds, backbone: str | None = None) -> torch.Tensor:
-        embeds = torch.as_tensor(embeds, dtype=torch.float32)
-        if embeds.ndim == 1:
-            embeds = embeds[None]
-        if embeds.ndim != 2 or embeds.shape[1] != self.cfg.embed_dim:
-            raise CaptionError(f"captioner expects {self.cfg.embed_dim}-d embeddings, got shape {tuple(embeds.shape)}")
-        if backbone is not None and backbone != self.cfg.backbone:
-            raise CaptionError(f"captioner was trained on {self.cfg.backbone!r} embeddings; these come from {backbone!r}")
-        return embeds
+        return check_caption_embeddings(embeds, self.cfg.embed_dim, self.cfg.backbone, backbone)
 
     @torch.inference_mode()
     def caption(self, embeds, beam: int = 1, max_tokens: int | None = None, backbone: str | None = None,
