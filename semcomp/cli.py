@@ -252,7 +252,7 @@ def cmd_eval(a) -> None:
     elif text is not None:
         clf = ZeroShotClassifier(text, names)
     for path in a.codec:
-        codec = load_codec(path)
+        codec = load_codec(path, backbone=fs.metadata.get("backbone"))  # a codec for other features fails here
         if codec.dim != fs.dim:
             raise CLIError(f"codec {codec.spec} is {codec.dim}-d, features are {fs.dim}-d")
         r = evaluate_codec(codec, part.features, labels, clf, coders=a.coders)
@@ -275,8 +275,8 @@ def cmd_encode(a) -> None:
 
     out = Path(a.out)
     _check_out(out, a.force)
-    codec = load_codec(a.codec)
     fs = load_features(_input_file(a.features, "feature file"))
+    codec = load_codec(a.codec, backbone=fs.metadata.get("backbone"))  # features of another backbone: a clear error
     blob = codec.compress(fs.features, a.coder, a.precision)
     _atomic_write(out, blob)
     logger.info("%d features -> %d bytes (%.1f bits/feature; fixed %d)", len(fs.features), len(blob), 8 * len(blob) / len(fs.features), codec.bits)
@@ -370,11 +370,11 @@ def _shipped_codec(backbone: str, spec: str | None, bits: int | None):
     if spec:
         for c in options:
             if c["spec"] == spec:
-                return load_codec(c["path"])
+                return load_codec(c["path"], backbone=backbone)
         raise CLIError(f"no shipped codec {spec!r}; shipped: {', '.join(c['spec'] for c in options)}")
     b = min({c["bits"] for c in options}, key=lambda x: abs(x - (bits or 256)))
     pick = best_measured(backbone).get(b) or next(c for c in options if c["bits"] == b)
-    return load_codec(pick["path"])
+    return load_codec(pick["path"], backbone=backbone)
 
 
 def cmd_send(a) -> None:

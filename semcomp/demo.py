@@ -251,7 +251,7 @@ class Demo:
         best = max(options, key=lambda c: self.measured_top1.get(c["spec"], 0.0))
         with self._load_lock:
             if best["spec"] not in self._loaded:
-                self._loaded[best["spec"]] = load_codec(best["path"])
+                self._loaded[best["spec"]] = load_codec(best["path"], backbone=self.backbone)  # checks name, dim, preprocessing
         return self._loaded[best["spec"]], best
 
     def classifier(self, label_set: str, custom: str | None = ""):

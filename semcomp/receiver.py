@@ -97,7 +97,7 @@ def _codec(backbone: str, spec: str) -> tuple:
     from .codecs import load_codec
     from .zoo import shipped_codecs
 
-    return tuple(load_codec(c["path"]) for c in shipped_codecs(backbone) if c["spec"] == spec)
+    return tuple(load_codec(c["path"], backbone=backbone) for c in shipped_codecs(backbone) if c["spec"] == spec)
 
 
 def codec_for_bitstream(blob: bytes):

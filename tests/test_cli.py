@@ -40,6 +40,21 @@ def test_train_eval_encode_decode(tmp_path, feature_file):
     assert scf.read_bytes() == before
 
 
+
+def test_features_of_another_backbone_are_refused_by_encode_and_eval(tmp_path, feature_file, caplog):
+    out = tmp_path / "codecs"
+    assert main(["train", "--features", str(feature_file), "--spec", "fsq-c4l4", "--epochs", "1", "--out-dir", str(out),
+                 "--ckpt-dir", str(tmp_path / "ck")]) == 0
+    fs = load_features(feature_file)
+    other = tmp_path / "other.safetensors"
+    meta = {k: v for k, v in fs.metadata.items() if k != "_extra"}
+    save_features(other, FeatureSet(fs.features, fs.labels, {**meta, "backbone": "another-clip"}),
+                  extra={"text_features": fs.metadata["_extra"]["text_features"]})
+    scf = tmp_path / "x.scf"
+    assert main(["encode", "--codec", str(out / "fsq-c4l4"), "--features", str(other), "--out", str(scf)]) == 2
+    assert not scf.exists() and "made for backbone 'synthetic', not 'another-clip'" in caplog.text
+    assert main(["eval", "--features", str(other), "--codec", str(out / "fsq-c4l4")]) == 2
+
 def test_bad_inputs_exit_nonzero_without_output(tmp_path, feature_file):
     assert main(["decode", "--codec", str(tmp_path / "nope"), "--in", str(feature_file), "--out", str(tmp_path / "o")]) == 2
     assert main(["encode", "--codec", str(tmp_path / "nope"), "--features", str(feature_file), "--out", str(tmp_path / "o.scf")]) == 2

@@ -217,3 +217,32 @@ def test_faiss_residual_quantizer_init_gives_a_working_codec(data):
     assert codec.books.abs().sum() > 0
     cos = [card["holdout_cosine_at_cuts"][str(c)] for c in card["cuts"]]
     assert all(b >= a - 1e-6 for a, b in zip(cos, cos[1:]))
+
+
+def test_a_killed_training_resumes_to_the_same_codec(data, tmp_path, monkeypatch):
+    from semcomp.training import checkpoint
+
+    kw = dict(epochs=4, kmeans_iters=3, patience=10, epoch_items=256, batch_size=64, progress=False)
+    whole, whole_card = train_progressive(SPEC, data, **kw)
+    real_save = checkpoint.save_checkpoint
+
+    class Killed(Exception):
+        pass
+
+    def save_then_die(state, path):
+        real_save(state, path)
+        if state["epoch"] == 2:
+            raise Killed
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        train_progressive(SPEC, data, ckpt_path=tmp_path / "prq.pt", **kw)
+    assert len(list(tmp_path.glob("prq-*.pt"))) == 1
+    monkeypatch.setattr(checkpoint, "save_checkpoint", real_save)
+    resumed, card = train_progressive(SPEC, data, ckpt_path=tmp_path / "prq.pt", **kw)
+    assert card["resumed_after_epoch"] == 2 and whole_card["resumed_after_epoch"] is None
+    assert [h["epoch"] for h in card["history"]] == list(range(5))
+    assert card["history"][-1]["val_loss"] == pytest.approx(whole_card["history"][-1]["val_loss"], abs=1e-6)
+    for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), k
+    assert not list(tmp_path.glob("prq-*.pt"))  # a finished run leaves no checkpoint

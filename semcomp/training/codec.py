@@ -74,7 +74,8 @@ def train_codec(spec: str, features: np.ndarray, epochs: int = 30, batch_size: i
     Under ``torch.distributed`` (``torchrun``; ``semcomp fit`` sets it up, gloo on CPU) every rank calls this
     with the same features: each takes its ``rank::world`` share of every batch and DistributedDataParallel
     averages the gradients, so a step equals the one-process step on the whole batch; rank 0 alone writes the
-    checkpoint. Progressive (prq) codecs are not data-parallel: call them on one rank.
+    checkpoint. Progressive (prq) codecs are data-parallel too (``train_progressive``: rank 0 initialises, every
+    rank re-encodes and trains on its share).
 
     With ``ckpt_path``, checkpoints go to ``run_checkpoint_path(ckpt_path, run_key)`` after every epoch; a run
     with the same spec, features and hyper-parameters resumes from there, any other run starts fresh. The
@@ -85,7 +86,8 @@ def train_codec(spec: str, features: np.ndarray, epochs: int = 30, batch_size: i
         from .progressive import train_progressive
 
         return train_progressive(spec, features, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, val_frac=val_frac,
-                                 codec_kwargs=codec_kwargs, progress=progress, max_seconds=max_seconds, rq_beam=prq_init_beam)
+                                 codec_kwargs=codec_kwargs, progress=progress, max_seconds=max_seconds, rq_beam=prq_init_beam,
+                                 ckpt_path=ckpt_path)
     if max_seconds is not None:
         raise ValueError(f"a time budget (max_seconds) is supported for progressive (prq) codecs only, not {spec!r}")
     import torch.distributed as dist

@@ -152,8 +152,8 @@ def fit(backbone, source, *, specs: list[str] | None = None, budgets: list[int] 
 
     ``specs``: codec specs to train (default: one progressive codec, ``progressive_spec(budgets, codebook)``).
     Under ``torch.distributed`` (``semcomp fit`` under ``torchrun``) extraction is split by rank, ladder specs train
-    with DDP on every rank and progressive codecs on rank 0 (their k-means and greedy re-encoding are not
-    data-parallel); evaluation and writing happen on rank 0."""
+    data-parallel on every rank (ladder specs with DDP; progressive codecs initialised on rank 0, then each rank
+    re-encodes and trains on its share); evaluation and writing happen on rank 0."""
     from ..extract import extract
     from ..zoo import backbone_dirname, user_codecs_dir
 
@@ -188,11 +188,8 @@ def fit(backbone, source, *, specs: list[str] | None = None, budgets: list[int] 
     feats_sha = features_sha256(x_fit)
     out_root = Path(out_dir) if out_dir else user_codecs_dir()
     written = []
-    ladder_first = sorted(specs, key=lambda s: s.startswith("prq-"))  # DDP specs need every rank; prq only rank 0
-    for spec in ladder_first:
+    for spec in specs:
         progressive = spec.startswith("prq-")
-        if progressive and rank != 0:
-            continue
         hyper = {"spec": spec, "features_sha256": feats_sha, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                  "seed": seed, "val_frac": val_frac, "max_minutes": max_minutes}
         key = _run_key(hyper)

@@ -139,46 +139,108 @@ def train_progressive(spec: str, features, epochs: int = 100, batch_size: int = 
                       val_frac: float = 0.1, patience: int = 6, kmeans_iters: int = 10, finetune: bool = True,
                       epoch_items: int = 8192, rq_beam: int = 0,
                       max_seconds: float | None = None, codec_kwargs: dict | None = None,
-                      progress: bool = True) -> tuple[ProgressiveRQ, dict]:
+                      progress: bool = True, ckpt_path=None) -> tuple[ProgressiveRQ, dict]:
     """Residual k-means, then nested fine-tuning with early stopping on held-out training features.
 
     Returns the best codec (by held-out nested loss, after rounding to fp16 as it is stored) and a card with
-    the curve (per epoch: train loss, held-out loss, held-out cosine at every budget cut)."""
+    the curve (per epoch: train loss, held-out loss, held-out cosine at every budget cut).
+
+    ``ckpt_path``: after the initialisation and after every epoch the whole state (tables, optimiser, curve, best
+    tables, random generator) goes to ``run_checkpoint_path(ckpt_path, run_key)``; a killed run with the same
+    spec, features and settings resumes there (a resumed run equals the uninterrupted one). Deleted at the end.
+
+    Under ``torch.distributed`` (``semcomp fit`` under ``torchrun``) every rank calls this with the same features:
+    rank 0 initialises and broadcasts the tables; each epoch every rank re-encodes only its ``rank::world`` share of
+    the epoch's items (the costly part) and trains on its share of every batch, the gradients summed over ranks
+    (so a step equals the one-process step on the whole batch); the held-out loss is rank 0's, broadcast, so every
+    rank stops at the same epoch. Rank 0 alone writes checkpoints."""
     from tqdm import tqdm
 
+    import torch.distributed as dist
+
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .codec import run_checkpoint_path, run_key
+
+    ddp = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
+    if batch_size % world:
+        raise ValueError(f"batch size {batch_size} must be a multiple of the {world} processes sharing each batch")
     t0 = time.time()
     torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # the epochs' item subsets: the same on every rank and after a resume
     x_all = F.normalize(torch.as_tensor(np.asarray(features), dtype=torch.float32), dim=-1)
     tr_idx, va_idx = holdout_split(len(x_all), val_frac, seed)
     x_tr, x_va = x_all[tr_idx], x_all[va_idx]
     codec = create_codec(spec, x_all.shape[1], **(codec_kwargs or {}))
     if not isinstance(codec, ProgressiveRQ):
         raise ValueError(f"train_progressive trains prq codecs, got {spec!r}")
-    residual_kmeans_init(codec, x_tr, niter=kmeans_iters, seed=seed, progress=progress, rq_beam=rq_beam)
-    init_s = time.time() - t0
+    run = {"spec": spec, "features_sha256": features_sha256(x_all), "epochs": epochs, "batch_size": batch_size, "lr": lr,
+           "seed": seed, "val_frac": val_frac, "patience": patience, "kmeans_iters": kmeans_iters, "finetune": finetune,
+           "epoch_items": epoch_items, "rq_beam": rq_beam, "codec_kwargs": dict(sorted((codec_kwargs or {}).items()))}
+    key = run_key(run)
+    ckpt = run_checkpoint_path(ckpt_path, key) if ckpt_path else None
+    state = load_checkpoint(ckpt) if ckpt else None
+    if state is not None and state.get("run_key") != key:
+        logger.warning("%s: checkpoint %s belongs to another run; starting fresh", spec, ckpt)
+        state = None
     cuts = budget_cuts(codec)
-    cos0 = prefix_cosines(codec, x_va, cuts)
-    ref = torch.as_tensor(1 - cos0, dtype=torch.float32).clamp_min(1e-6)  # per-cut normaliser
-    val0 = float(((1 - torch.as_tensor(cos0)) / ref).mean())
-    history = [{"epoch": 0, "val_loss": val0, "val_cosine": dict(zip(map(str, cuts), np.round(cos0, 5).tolist())),
-                "seconds": round(init_s, 1)}]
-    logger.info("%s init (residual k-means, %.0f s): held-out cosine %s", spec, init_s, history[0]["val_cosine"])
-    best = (val0, {k: v.detach().clone() for k, v in codec.state_dict().items()}, 0)
+    if state is not None:
+        codec.load_state_dict(state["init_codec"])
+        ref, history, init_s = state["ref"], state["history"], state["init_s"]
+        logger.info("%s: resumed from %s after epoch %d", spec, ckpt, history[-1]["epoch"])
+    else:
+        if rank == 0:
+            residual_kmeans_init(codec, x_tr, niter=kmeans_iters, seed=seed, progress=progress, rq_beam=rq_beam)
+        if ddp:
+            for t in codec.state_dict().values():
+                dist.broadcast(t, 0)
+        init_s = time.time() - t0
+        cos0 = prefix_cosines(codec, x_va, cuts)
+        ref = torch.as_tensor(1 - cos0, dtype=torch.float32).clamp_min(1e-6)  # per-cut normaliser
+        if ddp:
+            dist.broadcast(ref, 0)
+        val0 = float(((1 - torch.as_tensor(cos0)) / ref).mean())
+        history = [{"epoch": 0, "val_loss": val0, "val_cosine": dict(zip(map(str, cuts), np.round(cos0, 5).tolist())),
+                    "seconds": round(init_s, 1)}]
+        logger.info("%s init (residual k-means, %.0f s): held-out cosine %s", spec, init_s, history[0]["val_cosine"])
+    init_state = {k: v.detach().clone() for k, v in codec.state_dict().items()}
+    best = (history[0]["val_loss"], init_state, 0)
     stop = "not fine-tuned"
     if finetune:
         tables = _Tables(codec)
         opt = torch.optim.Adam(tables.parameters(), lr=lr)
+        bad, start = 0, 1
+        if state is not None and "tables" in state:
+            tables.load_state_dict(state["tables"])
+            opt.load_state_dict(state["opt"])
+            gen.set_state(state["gen"])
+            best, bad, start = (state["best_loss"], state["best_state"], state["best_epoch"]), state["bad"], state["epoch"] + 1
+            tables.write_to(codec)
         n_ep = min(len(x_tr), epoch_items)  # items per epoch: a fresh random subset, re-encoded at its start
         steps = max(1, n_ep // batch_size)
-        bad = 0
+        local = batch_size // world
         stop = f"max epochs ({epochs})"
-        for epoch in range(1, epochs + 1):
-            sub = x_tr[torch.randperm(len(x_tr))[:n_ep]]
+
+        def save(epoch: int) -> None:
+            if ckpt is not None and rank == 0:
+                save_checkpoint({"run_key": key, "init_codec": init_state, "ref": ref, "history": history, "init_s": init_s,
+                                 "tables": tables.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
+                                 "best_loss": best[0], "best_state": best[1], "best_epoch": best[2], "bad": bad,
+                                 "epoch": epoch}, ckpt)
+
+        if state is None:
+            save(0)
+        for epoch in range(start, epochs + 1):
+            if bad >= patience:
+                stop = f"early stop: held-out loss not better for {patience} epochs"
+                break
+            sub = x_tr[torch.randperm(len(x_tr), generator=gen)[:n_ep]][: steps * batch_size]
+            mine = sub[rank::world]  # this rank's share of every batch (batch_size is a multiple of world)
             with torch.no_grad():
-                codes = torch.cat([greedy_encode(codec, c, max(cuts)) for c in sub.split(4096)])  # (n_ep, m)
-            tot = 0.0
-            for it in tqdm(range(steps), desc=f"{spec} {epoch}/{epochs}", disable=not progress, leave=False):
-                xb, sb = sub[it * batch_size : (it + 1) * batch_size], codes[it * batch_size : (it + 1) * batch_size]
+                codes = torch.cat([greedy_encode(codec, c, max(cuts)) for c in mine.split(4096)])  # (n_ep / world, m)
+            tot = torch.zeros(())
+            for it in tqdm(range(steps), desc=f"{spec} {epoch}/{epochs}", disable=not progress or rank != 0, leave=False):
+                xb, sb = mine[it * local : (it + 1) * local], codes[it * local : (it + 1) * local]
                 tab = tables.tables()
                 words = tab[torch.arange(max(cuts))[None, :], sb]  # (B, m, D)
                 dec = tables.bias + words.cumsum(1)[:, [c - 1 for c in cuts]]  # (B, C, D)
@@ -186,15 +248,26 @@ def train_progressive(spec: str, features, epochs: int = 100, batch_size: int = 
                 loss = (per_cut / ref).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                if ddp:  # the mean over ranks of equal-share means: the whole batch's gradient
+                    for prm in tables.parameters():
+                        dist.all_reduce(prm.grad)
+                        prm.grad /= world
                 opt.step()
-                tot += loss.item()
+                tot += loss.detach()
+            if ddp:
+                dist.all_reduce(tot)
+                tot /= world
             tables.write_to(codec)
             cos = prefix_cosines(codec, x_va, cuts)
-            val = float(((1 - torch.as_tensor(cos)) / ref).mean())
-            history.append({"epoch": epoch, "train_loss": round(tot / steps, 5), "val_loss": round(val, 5),
+            over = max_seconds is not None and time.time() - t0 > max_seconds
+            val_t = torch.tensor([float(((1 - torch.as_tensor(cos)) / ref).mean()), float(over)], dtype=torch.float64)
+            if ddp:  # rank 0's loss and clock decide for all: every rank stops at the same epoch
+                dist.broadcast(val_t, 0)
+            val, over = float(val_t[0]), bool(val_t[1])
+            history.append({"epoch": epoch, "train_loss": round(float(tot) / steps, 5), "val_loss": round(val, 5),
                             "val_cosine": dict(zip(map(str, cuts), np.round(cos, 5).tolist())),
                             "lr": opt.param_groups[0]["lr"], "seconds": round(time.time() - t0, 1)})
-            logger.info("%s epoch %d: train %.4f held-out %.4f (best %.4f)", spec, epoch, tot / steps, val, best[0])
+            logger.info("%s epoch %d: train %.4f held-out %.4f (best %.4f)", spec, epoch, float(tot) / steps, val, best[0])
             if val < best[0] - 1e-5:
                 best, bad = (val, {k: v.detach().clone() for k, v in codec.state_dict().items()}, epoch), 0
             else:
@@ -202,10 +275,11 @@ def train_progressive(spec: str, features, epochs: int = 100, batch_size: int = 
                 if bad == max(1, patience // 2):
                     for g in opt.param_groups:
                         g["lr"] *= 0.5
-                if bad >= patience:
-                    stop = f"early stop: held-out loss not better for {patience} epochs"
-                    break
-            if max_seconds is not None and time.time() - t0 > max_seconds:
+            save(epoch)
+            if bad >= patience:
+                stop = f"early stop: held-out loss not better for {patience} epochs"
+                break
+            if over:
                 stop = f"time budget ({max_seconds:.0f} s) reached, before early stopping"
                 break
     codec.load_state_dict(best[1])
@@ -224,7 +298,10 @@ def train_progressive(spec: str, features, epochs: int = 100, batch_size: int = 
         "train_items": int(len(x_tr)), "holdout_items": int(len(x_va)),
         "holdout_cosine": float(cos_final[-1]),  # at full depth; every cut below
         "holdout_cosine_at_cuts": dict(zip(map(str, cuts), np.round(cos_final, 5).tolist())),
-        "wall_time_s": round(time.time() - t0, 1), "history": history,
+        "wall_time_s": round(time.time() - t0, 1), "history": history, "processes": world, "run_key": key,
+        "resumed_after_epoch": state["epoch"] if state is not None and "epoch" in state else None,
         "params": int(sum(p.numel() for p in codec.parameters())), "features_sha256": features_sha256(x_all),
     }
+    if ckpt is not None and rank == 0 and ckpt.exists():
+        ckpt.unlink()  # finished: the folder the caller writes is the result
     return codec, card
