@@ -55,12 +55,14 @@ def pick_codecs(backbone: str, budgets: list[int]) -> list[tuple[int, dict, str]
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--backbone", default="semcomp-lite-clip")
+    ap.add_argument("--backbone", default=None, help="default: the --features file's backbone, else semcomp-lite-clip")
     ap.add_argument("--features", default=None, help="val features (default: the backbone's file in ~/.cache/semcomp/features)")
     ap.add_argument("--bits", default="64,128,256,600", help="comma-separated budgets")
     a = ap.parse_args()
     torch.set_num_threads(1)
     load_before = os.getloadavg()  # speed is only comparable at equal load: record it
+    if a.backbone is None:
+        a.backbone = load_features(a.features).metadata["backbone"] if a.features else "semcomp-lite-clip"
     features = Path(a.features) if a.features else FEATURE_DIR / VAL_FEATURES.get(a.backbone, f"{a.backbone.replace('/', '_')}-val.safetensors")
     fs = load_features(features)
     if fs.metadata["backbone"] != a.backbone:

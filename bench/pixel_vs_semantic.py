@@ -9,10 +9,21 @@ each budget. Bits: exact bytes x 8 (JPEG/WebP files with their headers; learned 
 codec on the 24 Kodak images (rate–distortion, seed 002 Fig. 2 style), and a picture: what the receiver shows
 from a 256-bit semantic code next to the smallest JPEG and the smallest learned-codec image.
 
+Backbone: ``--backbone`` (default the embedded ``semcomp-lite-clip``) is the classifier of every decoded image
+and the space of the semantic codecs (its best measured codec per budget). The pixel codecs themselves do not
+depend on it (the learned ones are the shipped ``weights/pixel`` models, whose pyramid uses the tiny tower's
+stem as its own input features). ``--per-class N`` classifies only N seeded val images per class (a slower
+tower on a loaded machine: the lite tower runs ~10 images/s on 2 busy cores), ``--jpeg-q`` / ``--webp-q``
+thin the sweep, and ``--keep-rd`` carries the Kodak rate–distortion rows (pixels only, no backbone) over from
+the existing result instead of re-running them, and says so.
+
     python bench/pixel_vs_semantic.py
+    python bench/pixel_vs_semantic.py --per-class 8 --jpeg-q 1,10,20,40,75 --webp-q 0,5,25,50,75 --keep-rd
+    python bench/pixel_vs_semantic.py --backbone semcomp-tiny-clip
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -22,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # semcomp from this checkout when it is not installed
 from common import RESULTS, record  # noqa: E402
 
 from semcomp.backbone import features_from_uint8, load_backbone  # noqa: E402
@@ -42,13 +54,22 @@ def family_of(codec) -> str:
     return "learned: seed 002 attention pyramid" if "pyramid" in codec.name else "learned: factorized prior (CompressAI)"
 
 
-def pixel_codecs():
-    return [PillowCodec(fmt, q) for fmt, qs in QUALITIES.items() for q in qs] + shipped_pixel_codecs()
+def pixel_codecs(qualities=None):
+    return [PillowCodec(fmt, q) for fmt, qs in (qualities or QUALITIES).items() for q in qs] + shipped_pixel_codecs()
 
 
 def main() -> None:
-    bb = load_backbone("semcomp-tiny-clip")
-    if "--picture-only" in sys.argv:  # redraw the receiver picture into the existing result
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--backbone", default="semcomp-lite-clip")
+    ap.add_argument("--per-class", type=int, default=0, help="classify N seeded val images per class (0: all 50)")
+    ap.add_argument("--jpeg-q", default=",".join(map(str, QUALITIES["jpeg"])))
+    ap.add_argument("--webp-q", default=",".join(map(str, QUALITIES["webp"])))
+    ap.add_argument("--keep-rd", action="store_true", help="carry the Kodak rate-distortion rows over from the existing result")
+    ap.add_argument("--picture-only", action="store_true", help="redraw the receiver picture into the existing result")
+    a = ap.parse_args()
+    qualities = {"jpeg": [int(q) for q in a.jpeg_q.split(",") if q], "webp": [int(q) for q in a.webp_q.split(",") if q]}
+    bb = load_backbone(a.backbone)
+    if a.picture_only:  # redraw the receiver picture into the existing result
         from PIL import Image
 
         kodak = [np.asarray(Image.open(p).convert("RGB")) for p in sorted((SHARED_ASSETS / "kodak").glob("*.jpg"))]
@@ -61,6 +82,10 @@ def main() -> None:
     test_classes = class_split("tiny-imagenet")["test_classes"]
     keep = np.isin(val.labels, test_classes)
     imgs, labels = val.images[keep], val.labels[keep]
+    if a.per_class:
+        g = np.random.default_rng(0)
+        pick = np.sort(np.concatenate([g.choice(np.nonzero(labels == c)[0], a.per_class, replace=False) for c in test_classes]))
+        imgs, labels = imgs[pick], labels[pick]
     names = [c["name"] for c in tiny_imagenet_classes()]
     text = bb.encode_text([f"a photo of a {names[c]}." for c in test_classes])
     remap = {c: i for i, c in enumerate(test_classes)}
@@ -72,14 +97,17 @@ def main() -> None:
     pixels = np.prod(imgs.shape[1:3])
     float_feat = features_from_uint8(bb, imgs)
     rows = [{"method": "original image (float feature)", "family": "reference", "bits_per_image": None, "top1": top1(float_feat)}]
-    for codec in pixel_codecs():
+    for codec in pixel_codecs(qualities):
         blobs = [codec.compress(im) for im in imgs]
         dec = np.stack([codec.decompress(b) for b in blobs])
         bits = 8 * float(np.mean([len(b) for b in blobs]))
         rows.append({"method": codec.name, "family": family_of(codec), "bits_per_image": bits, "bpp": bits / pixels,
                      "top1": top1(features_from_uint8(bb, dec))})
         print(rows[-1], flush=True)
-    for _, shipped in sorted(best_measured(bb.name).items()):
+    best = best_measured(bb.name)
+    if not best:
+        raise SystemExit(f"no measured codec table for {bb.name} (bench/results/rate_accuracy.json is for another backbone)")
+    for _, shipped in sorted(best.items()):
         codec = load_codec(shipped["path"])
         with torch.inference_mode():
             z = codec.decode(codec.encode(float_feat))
@@ -104,7 +132,12 @@ def main() -> None:
 
     kodak = [np.asarray(Image.open(p).convert("RGB")) for p in sorted((SHARED_ASSETS / "kodak").glob("*.jpg"))]
     rd = []
-    for codec in pixel_codecs():
+    kept_rd = None
+    if a.keep_rd:  # pixels only: the backbone plays no part, so the earlier measurement stands
+        old = json.loads((RESULTS / "pixel_vs_semantic.json").read_text())
+        kept_rd = {**old["kodak_rate_distortion"], "carried_over": f"not re-run: copied from the result of {old.get('date')} "
+                   f"(commit {old.get('git_commit')}, backbone {old.get('backbone')}); no backbone is involved"}
+    for codec in ([] if a.keep_rd else pixel_codecs()):
         bpp, psnr, ssim, msssim = [], [], [], []
         for im in kodak:
             b = codec.compress(im)
@@ -117,27 +150,32 @@ def main() -> None:
         rd.append({"method": codec.name, "family": family_of(codec), "bpp": float(np.mean(bpp)), "psnr": float(np.mean(psnr)),
                    "ssim": float(np.mean(ssim)), "ms_ssim": float(np.mean(msssim))})
         print(rd[-1], flush=True)
-    res = {"data": f"Tiny-ImageNet val, the {len(test_classes)} codec-unseen classes ({len(imgs)} images, 64x64), {len(test_classes)}-way zero-shot",
-           "backbone": bb.name, "classification": rows, "crossings": crossing,
-           "kodak_rate_distortion": {"data": "24 Kodak images (shared/assets/kodak, stored as JPEG q95 4:4:4 — the reference is that file)",
-                                      "metrics": "PSNR and SSIM (scikit-image), MS-SSIM (pytorch_msssim, 5 scales), RGB, data range 255",
-                                      "rows": rd}}
+    subset = f", {a.per_class} seeded images per class" if a.per_class else ""
+    res = {"data": f"Tiny-ImageNet val, the {len(test_classes)} codec-unseen classes ({len(imgs)} images{subset}, 64x64), "
+                   f"{len(test_classes)}-way zero-shot by {bb.name}",
+           "backbone": bb.name, "images": len(imgs), "top1_standard_error_at_50pct": float(np.sqrt(0.25 / len(imgs))),
+           "classification": rows, "crossings": crossing,
+           "kodak_rate_distortion": kept_rd or {"data": "24 Kodak images (shared/assets/kodak, stored as JPEG q95 4:4:4 — the reference is that file)",
+                                                "metrics": "PSNR and SSIM (scikit-image), MS-SSIM (pytorch_msssim, 5 scales), RGB, data range 255",
+                                                "rows": rd}}
     res["receiver_picture"] = picture(bb, kodak)
     record("pixel_vs_semantic", res)
-    plot(rows)
-    plot_rd(rd)
+    plot(rows, bb.name, len(imgs))
+    if not a.keep_rd:
+        plot_rd(rd)
     md = ["| method | bits / image | bpp | top-1 |", "|---|---:|---:|---:|"]
     for r in rows:
         b = r["bits_per_image"]
         bits = "—" if b is None else f"{b:.0f}"
         bpp = "—" if b is None else f"{r['bpp']:.4f}"
         md.append(f"| {r['method']} | {bits} | {bpp} | {100 * r['top1']:.1f} % |")
+    md += ["", f"{res['data']}; standard error of a top-1 near 50 %: ±{100 * res['top1_standard_error_at_50pct']:.1f} points."]
     (RESULTS / "pixel_vs_semantic.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     print(json.dumps(crossing, indent=1)[:3000])
 
 
-def plot(rows) -> None:
+def plot(rows, backbone: str = "", n: int = 0) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -153,6 +191,8 @@ def plot(rows) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("bits per image (64×64 Tiny-ImageNet)")
     ax.set_ylabel("zero-shot top-1 % (40 unseen classes)")
+    if backbone:
+        ax.set_title(f"classifier: {backbone}, {n} images", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
