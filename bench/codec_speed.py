@@ -1,15 +1,18 @@
 """Codec throughput on CPU: encode (+ entropy coding) and decode, features/s, at 64/256/600 bits.
 
-The shipped codecs (weights/codecs/<backbone>/) on the first ``--batch`` Tiny-ImageNet val features of the
-embedded backbone when the feature file is there; otherwise untrained codecs of the same architectures on
+The shipped codecs (weights/codecs/<backbone>/, ``--backbone`` default the embedded ``semcomp-lite-clip``) on
+the first ``--batch`` Tiny-ImageNet val features of that backbone (``--features`` overrides the file) when it is there; otherwise untrained codecs of the same architectures on
 random unit vectors (speed does not depend on the weights). Encode is timed in fp32 and, on CPUs with
 AVX512-BF16/AMX, with the encoder under bf16 autocast (``encode(precision="bf16")``), with the share of symbols
-that match fp32. FAISS ProductQuantizer at the nearest budgets, same vectors, same threads.
+that match fp32. FAISS ProductQuantizer at the nearest budgets, same vectors, same threads. The load average
+before and after is recorded: on a shared machine the absolute numbers move with it.
     python bench/codec_speed.py --threads 1
+    python bench/codec_speed.py --threads 1 --backbone semcomp-tiny-clip
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,11 +25,16 @@ from bench.common import record, timeit  # noqa: E402
 from semcomp.codecs import create_codec, load_codec  # noqa: E402
 from semcomp.hardware import cpu_has_bf16  # noqa: E402
 
-FEATURES = Path.home() / ".cache" / "semcomp" / "features" / "tin-val.safetensors"
-SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "codecs" / "semcomp-tiny-clip"
-
-SPECS = {64: ["pqvae-n16d8k16", "aesq-c32l4", "fsq-c32l4"], 256: ["pqvae-n64d8k16", "aesq-c128l4"],
-         600: ["pqvae-n200d16k8", "pqvae-n50d64k4096", "aesq-c200l8"]}
+FEATURE_DIR = Path.home() / ".cache" / "semcomp" / "features"
+CODECS = Path(__file__).resolve().parents[1] / "weights" / "codecs"
+BACKBONES = {  # val feature file, feature dim, specs per budget
+    "semcomp-lite-clip": ("lite-val.safetensors", 384,
+                          {64: ["pqvae-n16d8k16", "aesq-c32l4", "fsq-c32l4"], 256: ["pqvae-n64d8k16", "aesq-c128l4", "fsq-c128l4"],
+                           600: ["pqvae-n200d16k8", "aesq-c200l8", "fsq-c200l8"]}),
+    "semcomp-tiny-clip": ("tin-val.safetensors", 512,
+                          {64: ["pqvae-n16d8k16", "aesq-c32l4", "fsq-c32l4"], 256: ["pqvae-n64d8k16", "aesq-c128l4"],
+                           600: ["pqvae-n200d16k8", "pqvae-n50d64k4096", "aesq-c200l8"]}),
+}
 
 
 
@@ -60,25 +68,39 @@ def faiss_pq_rows(x: torch.Tensor, threads: int) -> list[dict]:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--backbone", default=None, choices=sorted(BACKBONES), help="default: the --features file's, else semcomp-lite-clip")
+    ap.add_argument("--features", default=None, help="val features (default: the backbone's file in ~/.cache/semcomp/features)")
+    ap.add_argument("--dim", type=int, default=None, help="feature dim (default: the backbone's); another dim times untrained codecs")
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--huffman-batch", type=int, default=256)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    real = FEATURES.exists() and a.dim == 512
+    load_before = os.getloadavg()
+    if a.backbone is None:
+        from semcomp.data import load_features
+
+        a.backbone = load_features(a.features).metadata["backbone"] if a.features else "semcomp-lite-clip"
+    feature_name, dim, specs = BACKBONES[a.backbone]
+    a.dim = a.dim or dim
+    features = Path(a.features) if a.features else FEATURE_DIR / feature_name
+    shipped_dir = CODECS / a.backbone
+    real = features.exists() and a.dim == dim
     if real:
         from semcomp.data import load_features
 
-        x = torch.from_numpy(load_features(FEATURES).features[: a.batch])
+        fs = load_features(features)
+        if fs.metadata["backbone"] != a.backbone:
+            raise SystemExit(f"{features} holds {fs.metadata['backbone']} features, not {a.backbone}")
+        x = torch.from_numpy(fs.features[: a.batch])
     else:
         x = F.normalize(torch.randn(a.batch, a.dim), dim=-1)
     rows = []
-    for bits, specs in SPECS.items():
-        for spec in specs:
-            shipped = real and (SHIPPED / spec / "model.safetensors").exists()
+    for bits, budget_specs in specs.items():
+        for spec in budget_specs:
+            shipped = real and (shipped_dir / spec / "model.safetensors").exists()
             if shipped:
-                c = load_codec(SHIPPED / spec)
+                c = load_codec(shipped_dir / spec)
             else:
                 c = create_codec(spec, a.dim)
                 c.eval()
@@ -117,11 +139,12 @@ def main():
                             "decode_ratio": r["decode_symbols_per_s"] / f["decode_per_s"]}
         if "encode_bf16_symbols_per_s" in r:
             r["vs_faiss_pq"]["encode_bf16_ratio"] = r["encode_bf16_symbols_per_s"] / f["encode_per_s"]
-    data = f"first {len(x)} Tiny-ImageNet val features ({FEATURES.name})" if real else "random unit vectors"
-    path = record(f"codec_speed_{a.threads}thread", {"dim": a.dim, "threads": a.threads, "data": data, "results": rows, "faiss_pq": faiss_rows,
+    data = f"first {len(x)} Tiny-ImageNet val features ({features.name})" if real else "random unit vectors"
+    path = record(f"codec_speed_{a.threads}thread", {"backbone": a.backbone, "dim": a.dim, "threads": a.threads, "data": data,
+                  "load_average_1_5_15min": {"before": load_before, "after": os.getloadavg()}, "results": rows, "faiss_pq": faiss_rows,
                   "note": "shipped codecs where they exist, else untrained codecs of the same architecture (speed "
                           "does not depend on the weights). FAISS ProductQuantizer trained on the same vectors; 600 bits "
-                          "is not expressible for d=512 with 8-bit PQ, so 512 bits (M=64) stands in"})
+                          f"is not expressible for d={a.dim} with 8-bit PQ, so 512 bits (M=64) stands in"})
     print("wrote", path)
 
 
