@@ -120,7 +120,7 @@ def main() -> None:
             src = ImageSource("tiny-imagenet", "train", names, lambda: iter(()), f"Tiny-ImageNet train, {n} images of the "
                               f"{a.split_name} training classes (cached features)", count=n)
             t = time.time()
-            out = fit(bb, src, specs=[spec], out_dir=Path(tmp) / "codecs", work_dir=work, max_minutes=a.max_minutes,
+            out = fit(bb, src, specs=[spec], out_dir=Path(tmp) / f"codecs-{n}", work_dir=work, max_minutes=a.max_minutes,
                       seed=a.seed, progress=False, command=f"bench/fit_scale.py (n={n})")[0]
             fit_s = time.time() - t
             card = json.loads((out / "card.json").read_text())
