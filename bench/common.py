@@ -37,7 +37,7 @@ def machine() -> dict:
 
     out = {"cpu": cpu or platform.processor(), "cores": os.cpu_count(), "torch": torch.__version__,
            "torch_threads": torch.get_num_threads(), "bf16_hw": cpu_has_bf16(), "python": platform.python_version(),
-           "hostname": platform.node()}
+           "hostname": platform.node(), "load_average_1_5_15min": list(os.getloadavg())}  # speed needs the load beside it
     try:
         import faiss
 
