@@ -4,12 +4,18 @@
 ``load_backbone("ViT-B-32/openai")`` loads a real CLIP through open_clip (downloads on first use);
 ``load_backbone("ViT-B-32:/path/to/weights.safetensors")`` loads a local checkpoint offline.
 Models are cached, so an app loads each once.
+
+A backbone's *weights identity* (:func:`weights_sha256_of`) is the sha256 of its weights file as its card records
+it, for the folders semcomp ships (``semcomp-lite-clip``, ``semcomp-tiny-clip``) or any backbone folder with a
+card; ``None`` (unknown, never compared) for open_clip models. Codecs and heads record it as ``backbone_sha256``
+in their card and refuse, on load, a backbone of the same name with other weights (``weights.check_backbone_binding``).
 """
 from __future__ import annotations
 
 import functools
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,13 +40,15 @@ class BackboneError(ValueError):
 class Backbone:
     """A CLIP dual encoder with one interface: images/texts in, L2-normalised features out."""
 
-    def __init__(self, name: str, model, preprocess, tokenizer=None, dim: int | None = None, logit_scale: float = 100.0):
+    def __init__(self, name: str, model, preprocess, tokenizer=None, dim: int | None = None, logit_scale: float = 100.0,
+                 weights_sha256: str | None = None):
         self.name = name
         self.model = model.eval()
         self.preprocess = preprocess
         self.tokenizer = tokenizer
         self.logit_scale = float(logit_scale)
         self.dim = dim
+        self.weights_sha256 = weights_sha256  # the card's sha256 of the weights file; None: unknown (open_clip)
 
     @property
     def preprocessing(self) -> dict:
@@ -113,7 +121,7 @@ def load_embedded(path: str | Path, verify: bool = True) -> Backbone:
 
     path = Path(path)
     w = path / "model.safetensors"
-    read_verified_card(path, w.name, BackboneError, verify)
+    card = read_verified_card(path, w.name, BackboneError, verify)
     try:
         raw = json.loads((path / "config.json").read_text())
         if raw.get("architecture") == "lite-clip":
@@ -129,7 +137,8 @@ def load_embedded(path: str | Path, verify: bool = True) -> Backbone:
         model.load_state_dict({k: v.float() for k, v in load_file(str(w)).items()})
     except (ValueError, TypeError, KeyError, RuntimeError, OSError) as e:
         raise BackboneError(f"backbone folder {path} is malformed: {e}") from e
-    return Backbone(path.name, model, model.preprocess(), None, cfg.embed_dim, model.logit_scale.exp().item())
+    return Backbone(path.name, model, model.preprocess(), None, cfg.embed_dim, model.logit_scale.exp().item(),
+                    card.get("sha256"))
 
 
 def load_open_clip(spec: str) -> Backbone:
@@ -161,6 +170,65 @@ def load_backbone(name: str = EMBEDDED_DEFAULT) -> Backbone:
     if Path(name).is_dir() and (Path(name) / "config.json").exists():
         return load_embedded(name)
     return load_open_clip(name)
+
+
+@dataclass(frozen=True)
+class BackboneRef:
+    """A backbone known by name and weights identity only, not loaded: what a feature file records of the backbone
+    that made it, so that ``load_codec(..., backbone=BackboneRef(...))`` checks a codec against those features'
+    weights rather than against whatever weights carry that name today."""
+
+    name: str
+    weights_sha256: str | None = None  # None: unknown (an old feature file), not compared
+
+    @classmethod
+    def of_features(cls, metadata: dict) -> "BackboneRef | None":
+        """From a feature file's metadata (``semcomp.data.FeatureSet.metadata``); None if it names no backbone."""
+        name = metadata.get("backbone")
+        return cls(str(name), metadata.get("backbone_sha256") or None) if name else None
+
+
+def backbone_folder(name: str) -> Path | None:
+    """The backbone folder ``load_backbone(name)`` would load, or None (an open_clip model)."""
+    if name in embedded_names():
+        return WEIGHTS_DIR / "backbones" / name
+    if Path(name).is_dir() and (Path(name) / "config.json").exists():
+        return Path(name)
+    return None
+
+
+def weights_sha256_of(backbone) -> str | None:
+    """The weights identity of a backbone: a loaded :class:`Backbone` (or anything with ``weights_sha256``) or a
+    name, resolved as :func:`load_backbone` would (a shipped folder's or a backbone folder's card ``sha256``, read
+    without loading the model). None when unknown: open_clip models, folders without a card, stand-ins in tests."""
+    if backbone is None:
+        return None
+    if isinstance(backbone, str):
+        folder = backbone_folder(backbone)
+        if folder is None:
+            return None
+        from .weights import read_card
+
+        return read_card(folder, BackboneError).get("sha256") or None
+    return getattr(backbone, "weights_sha256", None) or None
+
+
+def check_trained_for(card: dict, trained_on: str, backbone, what: str, error: type[Exception], retrain: str,
+                      key: str = "backbone_sha256") -> None:
+    """``error`` if a head's ``card`` binds it (``key``) to other weights of ``backbone`` (a name, a loaded
+    :class:`Backbone`, a :class:`BackboneRef`; None: no check) than that backbone has. ``trained_on``: the backbone
+    name the head's config names; a backbone of another name is left to the head's own name check. ``retrain``:
+    the command that makes the head, unless the card records the one that made it."""
+    if backbone is None:
+        return
+    name = backbone if isinstance(backbone, str) else getattr(backbone, "name", None)
+    if name != trained_on:
+        return
+    from .weights import check_backbone_binding
+
+    cmd = card.get("command")
+    check_backbone_binding(card, name, weights_sha256_of(backbone), what, error,
+                           f"it was made by: {cmd}" if isinstance(cmd, str) and cmd else retrain, key)
 
 
 def available_backbones() -> dict[str, str]:

@@ -161,6 +161,7 @@ def cmd_train(a) -> None:
         codec, card = train_codec(spec, fs.features, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, ckpt_path=ckpt,
                                   max_seconds=60 * a.max_minutes if a.max_minutes else None, prq_init_beam=a.prq_init_beam)
         codec.backbone = fs.metadata.get("backbone", "")
+        codec.backbone_sha256 = fs.metadata.get("backbone_sha256") or None  # the weights the features came from
         card.update({"backbone": codec.backbone, "data": {"features": str(a.features), "split": a.split_name,
                      "classes": "train", "dataset": fs.metadata.get("dataset")},
                      "command": "semcomp " + " ".join(a.argv)})
@@ -228,6 +229,7 @@ def cmd_pull(a) -> None:
 
 # ----------------------------------------------------------------------------- eval
 def cmd_eval(a) -> None:
+    from .backbone import BackboneRef
     from .codecs import load_codec
     from .data import load_features
     from .evaluation import embedding_spread, evaluate_codec
@@ -252,7 +254,7 @@ def cmd_eval(a) -> None:
     elif text is not None:
         clf = ZeroShotClassifier(text, names)
     for path in a.codec:
-        codec = load_codec(path, backbone=fs.metadata.get("backbone"))  # a codec for other features fails here
+        codec = load_codec(path, backbone=BackboneRef.of_features(fs.metadata))  # a codec for other features fails here
         if codec.dim != fs.dim:
             raise CLIError(f"codec {codec.spec} is {codec.dim}-d, features are {fs.dim}-d")
         r = evaluate_codec(codec, part.features, labels, clf, coders=a.coders)
@@ -270,13 +272,14 @@ def cmd_eval(a) -> None:
 
 # ----------------------------------------------------------------------------- encode / decode
 def cmd_encode(a) -> None:
+    from .backbone import BackboneRef
     from .codecs import load_codec
     from .data import load_features
 
     out = Path(a.out)
     _check_out(out, a.force)
     fs = load_features(_input_file(a.features, "feature file"))
-    codec = load_codec(a.codec, backbone=fs.metadata.get("backbone"))  # features of another backbone: a clear error
+    codec = load_codec(a.codec, backbone=BackboneRef.of_features(fs.metadata))  # features of another backbone: a clear error
     blob = codec.compress(fs.features, a.coder, a.precision)
     _atomic_write(out, blob)
     logger.info("%d features -> %d bytes (%.1f bits/feature; fixed %d)", len(fs.features), len(blob), 8 * len(blob) / len(fs.features), codec.bits)
@@ -292,7 +295,9 @@ def cmd_decode(a) -> None:
     codec = load_codec(a.codec)
     feats = codec.decompress(blob, max_items=a.max_items)
     try:
-        save_features(out, FeatureSet(feats.numpy(), np.full(len(feats), -1), {"backbone": codec.backbone, "decoded_by": codec.spec}))
+        meta = {"backbone": codec.backbone, "decoded_by": codec.spec,
+                **({"backbone_sha256": codec.backbone_sha256} if codec.backbone_sha256 else {})}
+        save_features(out, FeatureSet(feats.numpy(), np.full(len(feats), -1), meta))
     except OSError as e:  # unwritable or full: leave no partial file behind
         out.with_name(out.name + ".tmp").unlink(missing_ok=True)
         raise CLIError(f"could not write {out}: {e.strerror or e}") from e
@@ -533,6 +538,8 @@ def cmd_train_generator(a) -> None:
             "steps": hist["steps"], "batch": a.batch_size, "lr": a.lr, "device": device, "seconds": round(time.time() - t0, 1),
             "final_loss": hist["losses"][-1][1] if hist["losses"] else None, "default_guidance": 3.0, "default_steps": 20,
             "command": "semcomp " + " ".join(a.argv)}
+    if bb.weights_sha256:  # the receiver refuses this head for other weights of the backbone
+        card["backbone_sha256"] = bb.weights_sha256
     ImageGenerator(ema.float().cpu()).save_pretrained(out, card)
     logger.info("generator -> %s (%d steps, %.0f s)", out, hist["steps"], time.time() - t0)
 

@@ -170,6 +170,21 @@ def save_features(path: str | os.PathLike, fs: FeatureSet, extra: dict[str, np.n
     os.replace(tmp, path)
 
 
+def check_feature_weights(fs: FeatureSet, weights_sha256: str | None, where) -> None:
+    """DataError if ``fs`` records other backbone weights (``backbone_sha256``) than ``weights_sha256``: training a
+    head or codec on them for these weights would bind it to features it never saw. A file without the record
+    (written before it existed) is let through with a warning; unknown weights are not compared."""
+    got = fs.metadata.get("backbone_sha256")
+    if not weights_sha256:
+        return
+    if not got:
+        logger.warning("%s does not record which weights of backbone %r made it; assuming the ones in use (%s)",
+                       where, fs.metadata.get("backbone"), weights_sha256[:12])
+    elif got != weights_sha256:
+        raise DataError(f"{where} holds features of other weights of backbone {fs.metadata.get('backbone')!r} "
+                        f"({str(got)[:12]}, in use {weights_sha256[:12]}); extract them again with these weights")
+
+
 def load_features(path: str | os.PathLike) -> FeatureSet:
     from safetensors import safe_open
 

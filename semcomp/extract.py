@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .backbone import weights_sha256_of
 from .data import DataError, FeatureSet, save_features
 from .datasets import ImageSource
 
@@ -54,9 +55,11 @@ def extract(backbone, src: ImageSource, out: str | Path, *, batch_size: int = 25
     parts = out.with_name(out.name + ".parts")
     parts.mkdir(parents=True, exist_ok=True)
     chunk_size = max(batch_size, chunk_size // batch_size * batch_size)
+    sha = weights_sha256_of(backbone)
     manifest = {"backbone": backbone.name, "source": src.description, "split": src.split, "limit": limit, "world": world,
-                "chunk_size": chunk_size}
+                "chunk_size": chunk_size, **({"backbone_sha256": sha} if sha else {})}
     mf = parts / f"manifest-r{rank}.json"
+    # the weights are part of the manifest: parts begun with other weights of the backbone are never merged
     if mf.exists() and json.loads(mf.read_text()) != manifest:
         raise DataError(f"{parts} holds parts of another extraction ({mf.read_text()}); delete it or pick another --out")
     mf.write_text(json.dumps(manifest))
@@ -125,6 +128,8 @@ def extract(backbone, src: ImageSource, out: str | Path, *, batch_size: int = 25
         extra["text_features"] = text.numpy()
     meta = {"backbone": backbone.name, "dataset": src.name, "split": src.split, "class_names": src.class_names,
             "template": template, "source": src.description, "images": int(len(feats)), "processes": world}
+    if sha:  # the weights these features come from: codecs trained on them record it (semcomp train, fit)
+        meta["backbone_sha256"] = sha
     save_features(out, FeatureSet(feats, labels, meta), extra=extra)
     shutil.rmtree(parts, ignore_errors=True)
     logger.info("wrote %s: %s features (%s)", out, feats.shape, json.dumps({"dataset": src.name, "split": src.split}))

@@ -2,7 +2,9 @@
 
 The bitstream header names the codec spec and the backbone; the receiver loads the matching shipped codec
 (its weights hash must match the header's), decodes the features and runs the heads trained for that
-backbone's embedding space (``weights/heads/*``, found by the ``backbone`` field of their config).
+backbone's embedding space (``weights/heads/*``, found by the ``backbone`` field of their config). A head whose
+card binds it to other weights of that backbone (``backbone_sha256``: trained before the backbone was retrained
+under the same name) is skipped with a warning, so the app still starts, with the next head of that kind or none.
 
 ``receive`` is for one upload: by default it accepts at most :data:`RECEIVE_MAX_ITEMS` items and refuses a
 header announcing more (``BitstreamLimitError``) before it loads a codec or decodes anything, so a forged
@@ -28,7 +30,8 @@ RECEIVE_MAX_ITEMS = 16
 def head_candidates(backbone: str) -> dict[str, list[Path]]:
     """{kind: [path, ...]} for heads trained on this backbone's embeddings, best first: a head trained on this
     backbone's own space before a bridge into another's (a bridge is a stop-gap, see
-    ``semcomp.heads.bridge``); among equals, by folder name."""
+    ``semcomp.heads.bridge``); among equals, by folder name. Heads trained for other weights of the backbone
+    (:func:`stale_reason`) are left out with a warning."""
     native, bridged = {}, {}
     if HEADS_DIR.is_dir():
         for p in sorted(HEADS_DIR.iterdir()):
@@ -37,10 +40,43 @@ def head_candidates(backbone: str) -> dict[str, list[Path]]:
                 c = json.loads(cfg.read_text())
                 if c.get("backbone") != backbone:
                     continue
-                kind = json.loads(card.read_text()).get("kind")
-                if kind:
-                    (bridged if c.get("base") else native).setdefault(kind, []).append(p)
+                d = json.loads(card.read_text())
+                kind = d.get("kind")
+                if not kind:
+                    continue
+                why = stale_reason(d, c)
+                if why:
+                    logger.warning("skipping head %s: %s", p, why)
+                    continue
+                (bridged if c.get("base") else native).setdefault(kind, []).append(p)
     return {k: native.get(k, []) + bridged.get(k, []) for k in {**native, **bridged}}
+
+
+def stale_reason(card: dict, cfg: dict) -> str | None:
+    """Why a head folder (its card and config) cannot serve the backbone weights in use, or None: its card's
+    ``backbone_sha256`` names other weights of its backbone than that backbone's card does; a bridge's
+    ``base_backbone_sha256`` other weights of its base head's backbone, or its base head is stale itself.
+    Unknown on either side: not stale (folders from before the field, backbones without a card)."""
+    from .backbone import weights_sha256_of
+
+    checks = [("backbone_sha256", cfg.get("backbone"))]
+    base = cfg.get("base")
+    base_cfg = {}
+    if base and (HEADS_DIR / base / "config.json").exists():
+        base_cfg = json.loads((HEADS_DIR / base / "config.json").read_text())
+        checks.append(("base_backbone_sha256", base_cfg.get("backbone")))
+    for key, name in checks:
+        want = card.get(key)
+        have = weights_sha256_of(name) if isinstance(name, str) and name else None
+        if isinstance(want, str) and want and have and want != have:
+            return (f"trained for other weights of backbone {name!r} ({want[:12]}) than it has now ({have[:12]}); "
+                    f"retrain it" + (f" ({card['command']})" if isinstance(card.get("command"), str) else ""))
+    if base_cfg and (HEADS_DIR / base / "card.json").exists():
+        base_card = json.loads((HEADS_DIR / base / "card.json").read_text())
+        why = stale_reason(base_card, {k: v for k, v in base_cfg.items() if k != "base"})
+        if why:
+            return f"its base head {base} is {why}"
+    return None
 
 
 def shipped_heads(backbone: str) -> dict[str, Path]:
@@ -57,7 +93,7 @@ def load_head(kind: str, backbone: str):
     paths = head_candidates(backbone).get(kind, [])
     for i, path in enumerate(paths):
         try:
-            return _load_head_folder(kind, path)
+            return _load_head_folder(kind, path, backbone)
         except Exception as e:
             from .heads.caption_lm import LanguageModelMissing
 
@@ -67,7 +103,21 @@ def load_head(kind: str, backbone: str):
     return None
 
 
-def _load_head_folder(kind: str, path: Path):
+def _head_error(kind: str) -> type[Exception]:
+    if kind == "caption":
+        from .heads.caption import CaptionError
+
+        return CaptionError
+    if kind == "generate":
+        from .heads.generate import GeneratorError
+
+        return GeneratorError
+    return ValueError
+
+
+def _load_head_folder(kind: str, path: Path, backbone: str | None = None):
+    """The head in ``path``; with ``backbone`` (its name), the head's typed error (CaptionError, GeneratorError)
+    if its card binds it to other weights of that backbone."""
     cfg = json.loads((path / "config.json").read_text())
     base = cfg.get("base")
     if base:  # a bridge from this backbone's space into a head trained on another's (semcomp.heads.bridge)
@@ -75,19 +125,23 @@ def _load_head_folder(kind: str, path: Path):
 
         base_path = HEADS_DIR / base
         base_backbone = json.loads((base_path / "config.json").read_text())["backbone"]
-        return BridgedHead(load_head(kind, base_backbone), load_bridge(path))
+        bridge = load_bridge(path, _head_error(kind), backbone, base_backbone)
+        head = load_head(kind, base_backbone)
+        if head is None:
+            raise _head_error(kind)(f"bridged head {path}: no usable {kind} head for its base backbone {base_backbone!r}")
+        return BridgedHead(head, bridge)
     if kind == "caption" and cfg.get("architecture") == "lm-clipcap":  # prefix into a pretrained LM from its wheel
         from .heads.caption_lm import LMCaptioner
 
-        return LMCaptioner.from_pretrained(path)
+        return LMCaptioner.from_pretrained(path, backbone=backbone)
     if kind == "caption":
         from .heads.caption import Captioner
 
-        return Captioner.from_pretrained(path)
+        return Captioner.from_pretrained(path, backbone=backbone)
     if kind == "generate":
         from .heads.generate import ImageGenerator
 
-        return ImageGenerator.from_pretrained(path)
+        return ImageGenerator.from_pretrained(path, backbone=backbone)
     raise ValueError(f"unknown head kind {kind!r}")
 
 

@@ -82,9 +82,12 @@ def load_codec(path: str | Path, verify: bool = True, *, revision: str | None = 
     or ``revision=``) is fetched with ``huggingface_hub.snapshot_download`` into the Hub's cache (``HF_HOME``;
     ``HF_HUB_OFFLINE=1`` reads the cache only) and loaded from there with the same checks (``semcomp.hub``).
 
-    ``backbone``: the backbone name, or the loaded ``Backbone``, whose features the caller will feed; a codec
-    made for another one (name, feature dimension, image preprocessing) raises CodecError naming both
-    (``codecs.provenance``). Folders saved before the preprocessing was stored are checked on name and dimension.
+    ``backbone``: the backbone name, the loaded ``Backbone`` or a ``BackboneRef`` (a feature file's backbone),
+    whose features the caller will feed; a codec made for another one (name, feature dimension, image
+    preprocessing, or other weights of the same name: the card's ``backbone_sha256``) raises CodecError naming
+    both (``codecs.provenance``). Folders saved before the preprocessing was stored are checked on name and
+    dimension; cards without ``backbone_sha256``, and backbones whose weights are unknown (open_clip), skip the
+    weights check.
 
     Order, so that a malformed or hostile folder costs nothing: the card's ``config_sha256`` (if any) is
     checked on the config's bytes; the config is validated (keys, types, spec, sizes against ``base.MAX_*``)
@@ -127,8 +130,9 @@ def load_codec(path: str | Path, verify: bool = True, *, revision: str | None = 
     codec.load_state_dict(_read_weights(w_path, codec))
     codec.backbone = cfg.get("backbone", "")
     codec.preprocessing = dict(cfg.get("preprocessing", {}))
+    codec.backbone_sha256 = card.get("backbone_sha256") or None
     codec.eval()
-    check_backbone(codec, backbone)
+    check_backbone(codec, backbone, path)
     return codec
 
 

@@ -86,6 +86,7 @@ class Codec(nn.Module):
         self.register_buffer("symbol_counts", torch.zeros(0, dtype=torch.int64))
         self.backbone = ""
         self.preprocessing: dict = {}  # the backbone's image preprocessing (codecs.provenance); {} if unknown
+        self.backbone_sha256: str | None = None  # the backbone weights it was trained for (card.json); None: unknown
         self._coder: EntropyCoder | None = None
         self._weights_hash: bytes | None = None
 
@@ -371,6 +372,8 @@ class Codec(nn.Module):
         card["config_sha256"] = hashlib.sha256((out / "config.json").read_bytes()).hexdigest()
         card["spec"] = self.spec
         card["bits"] = self.bits
+        if self.backbone_sha256:  # in the card, not the config: stamping an old folder leaves its config as it is
+            card["backbone_sha256"] = self.backbone_sha256
         (out / "card.json").write_text(json.dumps(card, indent=2))
         from ..hub import write_model_card
 

@@ -7,6 +7,11 @@ on one silently mis-codes the other. ``config.json`` therefore holds ``backbone`
 issue 22, ``preprocessing`` (``semcomp.backbone.preprocessing_of``); ``load_codec(..., backbone=...)`` compares
 them with what the caller will feed and raises a CodecError naming both sides. Folders written before the field
 existed carry no preprocessing: only the name and dimension are compared, without a warning.
+
+A backbone keeps its name when its weights are retrained (``semcomp-lite-clip`` was re-aligned), so the card also
+records ``backbone_sha256``, the weights the codec was trained for (``semcomp.backbone.weights_sha256_of``); a
+codec for other weights of the same backbone is refused with a CodecError telling to retrain it. Either side
+unknown (an old card, an open_clip model): not compared.
 """
 from __future__ import annotations
 
@@ -67,10 +72,12 @@ def _same_value(a, b) -> bool:
     return a == b
 
 
-def check_backbone(codec, backbone) -> None:
+def check_backbone(codec, backbone, where=None) -> None:
     """CodecError naming both sides if ``codec`` was not made for ``backbone``: a name (str) or a loaded
     ``semcomp.backbone.Backbone`` (then its feature dimension and preprocessing are compared too, where the
-    codec stores them). A codec saved without a backbone name accepts any backbone of its dimension."""
+    codec stores them), or a ``semcomp.backbone.BackboneRef``. A codec saved without a backbone name accepts any
+    backbone of its dimension. Where the codec's card and the backbone both know the backbone's weights
+    (``backbone_sha256``), they must be the same weights."""
     if backbone is None:
         return
     if isinstance(backbone, str):
@@ -90,3 +97,10 @@ def check_backbone(codec, backbone) -> None:
             diff = "; ".join(f"{k}: codec {a!r}, backbone {b!r}" for k, (a, b) in sorted(wrong.items()))
             raise CodecError(f"codec {codec.spec} was fitted on backbone {codec.backbone or '?'!r} with other image "
                              f"preprocessing than backbone {name!r} applies ({diff})")
+    from ..backbone import weights_sha256_of
+    from ..weights import check_backbone_binding
+
+    bb = name or codec.backbone
+    check_backbone_binding({"backbone_sha256": getattr(codec, "backbone_sha256", None)}, bb, weights_sha256_of(backbone),
+                           f"codec {codec.spec}" + (f" ({where})" if where else ""), CodecError,
+                           f"semcomp fit --backbone {bb}, or semcomp train on features extracted with these weights")

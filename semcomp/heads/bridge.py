@@ -116,15 +116,29 @@ def save_bridge(bridge: EmbeddingBridge, out_dir: str | Path, card: dict) -> Pat
     return out
 
 
-def load_bridge(path: str | Path, error: type[Exception] = ValueError) -> EmbeddingBridge:
+def load_bridge(path: str | Path, error: type[Exception] = ValueError, backbone=None, base_backbone=None) -> EmbeddingBridge:
+    """``backbone`` / ``base_backbone`` (names or loaded backbones): refuse, with ``error``, a bridge fitted on other
+    weights of the backbone it takes or of the one its base head was trained on (``backbone_sha256`` /
+    ``base_backbone_sha256`` in its card)."""
     from safetensors.torch import load_file
 
+    from ..backbone import check_trained_for
     from ..weights import read_verified_card
 
     path = Path(path)
-    read_verified_card(path, "model.safetensors", error)
+    card = read_verified_card(path, "model.safetensors", error)
     try:
-        bridge = EmbeddingBridge(BridgeConfig.from_dict(json.loads((path / "config.json").read_text())))
+        cfg = BridgeConfig.from_dict(json.loads((path / "config.json").read_text()))
+    except (ValueError, TypeError, KeyError, OSError) as e:
+        raise error(f"head folder {path} is malformed: {e}") from e
+    retrain = f"python -m semcomp.training.bridge --backbone {cfg.backbone}"
+    check_trained_for(card, cfg.backbone, backbone, f"bridged head {path}", error, retrain)
+    if base_backbone is not None:
+        base_name = base_backbone if isinstance(base_backbone, str) else getattr(base_backbone, "name", None)
+        check_trained_for(card, base_name, base_backbone, f"bridged head {path} (fitted into {base_name!r})", error,
+                          retrain, key="base_backbone_sha256")
+    try:
+        bridge = EmbeddingBridge(cfg)
         bridge.load_state_dict(load_file(str(path / "model.safetensors")))
     except (ValueError, TypeError, KeyError, RuntimeError, OSError) as e:
         raise error(f"head folder {path} is malformed: {e}") from e

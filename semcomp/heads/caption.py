@@ -128,15 +128,20 @@ class Captioner:
         return GPT2TokenizerFast(vocab=str(path / "vocab.json"), merges=str(path / "merges.txt"))
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, verify: bool = True) -> "Captioner":
+    def from_pretrained(cls, path: str | Path, verify: bool = True, backbone=None) -> "Captioner":
+        """``backbone`` (a name or a loaded backbone): refuse, with a CaptionError, a head trained for other weights
+        of that backbone (the card's ``backbone_sha256``)."""
         from safetensors.torch import load_file
 
+        from ..backbone import check_trained_for
         from ..weights import read_verified_card
 
         path = Path(path)
         w = path / cls.WEIGHTS
-        read_verified_card(path, cls.WEIGHTS, CaptionError, verify)
+        card = read_verified_card(path, cls.WEIGHTS, CaptionError, verify)
         cfg = CaptionConfig.from_dict(json.loads((path / "config.json").read_text()))
+        check_trained_for(card, cfg.backbone, backbone, f"captioner {path}", CaptionError,
+                          f"semcomp train-caption --backbone {cfg.backbone}")
         sd = load_file(str(w))
         vocab_ids = sd.pop("vocab_ids", None)
         model = ClipCapModel(cfg)

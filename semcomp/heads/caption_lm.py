@@ -291,16 +291,21 @@ class LMCaptioner:
         return path
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, verify: bool = True) -> "LMCaptioner":
+    def from_pretrained(cls, path: str | Path, verify: bool = True, backbone=None) -> "LMCaptioner":
+        """``backbone`` (a name or a loaded backbone): refuse, with a CaptionError, a head trained for other weights
+        of that backbone (the card's ``backbone_sha256``), before the LM loads."""
         import hashlib
 
         from safetensors.torch import load_file
 
+        from ..backbone import check_trained_for
         from ..weights import read_json_bytes, read_verified_card
 
         path = Path(path)
         card = read_verified_card(path, cls.WEIGHTS, CaptionError, verify)
         cfg = LMCaptionConfig.from_dict(json.loads(read_json_bytes(path / "config.json", CaptionError)))
+        check_trained_for(card, cfg.backbone, backbone, f"captioner {path}", CaptionError,
+                          f"python -m semcomp.training.caption_lm --export {path}")
         prompts = None
         if cfg.prompt_pool:
             raw = read_json_bytes(path / cls.PROMPTS, CaptionError, max_bytes=cfg.prompt_pool * (MAX_PROMPT_CHARS + 8) + 16)

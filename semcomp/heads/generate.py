@@ -126,13 +126,20 @@ class ImageGenerator:
         return cls(EmbeddingConditionedUNet(cfg))
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, verify: bool = True) -> "ImageGenerator":
+    def from_pretrained(cls, path: str | Path, verify: bool = True, backbone=None) -> "ImageGenerator":
+        """``backbone`` (a name or a loaded backbone): refuse, with a GeneratorError, a generator trained for other
+        weights of that backbone (the card's ``backbone_sha256``)."""
         from safetensors.torch import load_file
+
+        from ..backbone import check_trained_for
 
         path = Path(path)
         w = path / cls.WEIGHTS
-        read_verified_card(path, cls.WEIGHTS, GeneratorError, verify)
-        model = EmbeddingConditionedUNet(GeneratorConfig.from_dict(json.loads((path / "config.json").read_text())))
+        card = read_verified_card(path, cls.WEIGHTS, GeneratorError, verify)
+        cfg = GeneratorConfig.from_dict(json.loads((path / "config.json").read_text()))
+        check_trained_for(card, cfg.backbone, backbone, f"generator {path}", GeneratorError,
+                          f"semcomp train-generator --backbone {cfg.backbone}")
+        model = EmbeddingConditionedUNet(cfg)
         try:
             model.load_state_dict({k: v.float() for k, v in load_file(str(w)).items()})
         except (RuntimeError, OSError) as e:

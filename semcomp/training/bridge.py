@@ -78,6 +78,10 @@ def main(argv=None) -> None:
         for k in ("default_guidance", "default_steps"):
             if k in base_card:
                 card[k] = base_card[k]
+        # the weights of both spaces the bridge maps between: the receiver refuses it if either backbone changes
+        for k, name in (("backbone_sha256", a.backbone), ("base_backbone_sha256", a.base_backbone)):
+            if load_backbone(name).weights_sha256:
+                card[k] = load_backbone(name).weights_sha256
         save_bridge(bridge, WEIGHTS_DIR / "heads" / new, card)
         logger.info("wrote %s", WEIGHTS_DIR / "heads" / new)
 

