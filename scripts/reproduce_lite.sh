@@ -1,47 +1,81 @@
 #!/usr/bin/env bash
-# Reproduce the default embedded backbone semcomp-lite-clip, its codec ladder, the heads' bridges and the
-# tables that depend on them, on a CPU machine. Data: the Tiny-ImageNet and ImageNet-sample shards
-# (SEMCOMP_SHARED_ASSETS, see semcomp/data.py). Tower features, feature files and checkpoints go to
-# ~/.cache/semcomp, never into the repo. Every step skips what already exists, so a killed run resumes.
+# Reproduce the default embedded backbone semcomp-lite-clip, its codec ladder, the progressive codec, the
+# heads and the tables that depend on them, on a CPU machine. Data: the Tiny-ImageNet and ImageNet-sample
+# shards (SEMCOMP_SHARED_ASSETS, see semcomp/data.py). Tower features, feature files, staged codecs and
+# checkpoints go to ~/.cache/semcomp, never into the repo. Steps skip what already exists *for the current
+# backbone weights* (feature files and staged codecs live under a folder named by the backbone's sha256), so a
+# killed run resumes and a re-aligned backbone retrains everything after it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BB=semcomp-lite-clip
-ALIGN_SHARDS=8                 # Tiny-ImageNet train shards (1,000 images each) the alignment used
-CODEC_SHARDS=16                # ... and the codecs
-FEAT=${FEAT:-$HOME/.cache/semcomp/features}
+ALIGN_SHARDS=36                # Tiny-ImageNet train shards (1,000 images each) the alignment used
+CODEC_SHARDS=16                # ... the ladder codecs and the caption head (the progressive codec uses all 36)
+CACHE=$HOME/.cache/semcomp
+FEAT=${FEAT:-$CACHE/features}
 mkdir -p "$FEAT"
 
-# 1. the frozen tower's pooled features + ImageNet logits, cached per shard (about 25 img/s on 2 loaded cores)
-python -m semcomp.training.tower_features --tower efficientnet-lite0 --size 224 --split tin-train --shards "$CODEC_SHARDS"
+# 1. the frozen tower's pooled features + ImageNet logits, cached per shard (56 s a shard on 2 idle cores)
+python -m semcomp.training.tower_features --tower efficientnet-lite0 --size 224 --split tin-train --shards "$ALIGN_SHARDS"
 python -m semcomp.training.tower_features --tower efficientnet-lite0 --size 224 --split inet-samples --views 3   # photos + 3 random crops
 python -m semcomp.training.tower_features --tower efficientnet-lite0 --size 224 --split tin-val
 
-# 2. alignment to all-MiniLM-L6-v2: variants measured with 200 ImageNet names held out, the chosen one saved
-# (variant = tower@size:image_hidden:text_hidden:label_weight; the committed report measured the first 8 val shards)
-python -m semcomp.training.lite_clip --train-shards "$ALIGN_SHARDS" --val-shards 8 --epochs 30 --report bench/results/lite_clip_align.json \
-    --variants efficientnet-lite0@224:0:0:0 efficientnet-lite0@224:1024:0:0.5 efficientnet-lite0@224:0:0:0.5 \
-    --save weights/backbones/$BB
+# 2. alignment to all-MiniLM-L6-v2, measured with 200 ImageNet names held out, then saved trained on all names
+# (variant = tower@size:image_hidden:text_hidden:label_weight; the 8-shard variant study is lite_clip_align_8shards.json)
+python -m semcomp.training.lite_clip --train-shards "$ALIGN_SHARDS" --val-shards 8 --epochs 30 \
+    --report bench/results/lite_clip_align.json --variants efficientnet-lite0@224:0:0:0.5 --save weights/backbones/$BB
 
-# 3. feature files for the codecs and the benches (from the cache: the same numbers as `semcomp extract`)
-[ -f "$FEAT/lite-train-photos.safetensors" ] || python -m semcomp.training.tower_features --backbone $BB \
-    --codec-train-file "$FEAT/lite-train-photos.safetensors" --shards "$CODEC_SHARDS" --views 3   # 160 training classes + photos
+# 3. feature files (from the tower cache: the same numbers as `semcomp extract`), rebuilt when the backbone changes
+SHA=$(python -c "import json; print(json.load(open('weights/backbones/$BB/card.json'))['sha256'][:12])")
+if [ "$(cat "$FEAT/lite.sha" 2>/dev/null)" != "$SHA" ]; then rm -f "$FEAT"/lite-*.safetensors; echo "$SHA" > "$FEAT/lite.sha"; fi
 [ -f "$FEAT/lite-val.safetensors" ] || python -m semcomp.training.tower_features --feature-file "$FEAT/lite-val.safetensors" \
     --backbone $BB --split tin-val
+[ -f "$FEAT/lite-train-photos.safetensors" ] || python -m semcomp.training.tower_features --backbone $BB \
+    --codec-train-file "$FEAT/lite-train-photos.safetensors" --shards "$CODEC_SHARDS" --views 3   # 160 training classes + photos
+[ -f "$FEAT/lite-train.safetensors" ] || python -m semcomp.training.tower_features --feature-file "$FEAT/lite-train.safetensors" \
+    --backbone $BB --split tin-train --shards "$CODEC_SHARDS"
+[ -f "$FEAT/lite-tin-train.safetensors" ] || python -m semcomp.training.tower_features --feature-file "$FEAT/lite-tin-train.safetensors" \
+    --backbone $BB --split tin-train --shards "$ALIGN_SHARDS"
 
-# 4. the codec ladder, trained on the 160 codec-training classes (assets/splits/tiny-imagenet.json) + the photo views
+# 4. the codec ladder on the 160 codec-training classes (assets/splits/tiny-imagenet.json) + the photo views, staged
+# outside the repo, then copied over the shipped folders (one thread each: two trainings share the 2 cores)
+STAGE=$CACHE/codecs-new/$SHA
 SPECS=${SPECS:-"fsq-c32l4 pqvae-n16d8k16 pqvae-n32d8k16 aesq-c32l4 pqvae-n4d8k16 pqvae-n2d32k256 pqvae-n8d8k16 pqvae-n4d32k256
-vqvae-n4d128k256 pqvae-n16d32k256 pqvae-n64d8k16 aesq-c128l4 fsq-c128l4 aesq-c200l8 fsq-c200l8 pqvae-n200d16k8 vqvae-n1d64k4096
-vqvae-n16d128k256 aesq-c250l16 aesq-c500l16 dsq-b1 dsq-b4 pqvae-n100d32k64"}
+vqvae-n4d128k256 pqvae-n16d32k256 pqvae-n64d8k16 aesq-c128l4 fsq-c128l4 aesq-c200l8 fsq-c200l8 aesq-c250l16 aesq-c500l16 dsq-b1 dsq-b4"}
 for s in $SPECS; do
-  [ -f weights/codecs/$BB/$s/model.safetensors ] || semcomp train --features "$FEAT/lite-train-photos.safetensors" \
-      --spec "$s" --epochs "${EPOCHS:-30}" --batch-size 256 --lr 2e-3 --out-dir weights/codecs/$BB
+  [ -f "$STAGE/$BB/$s/model.safetensors" ] || semcomp train --features "$FEAT/lite-train-photos.safetensors" \
+      --spec "$s" --epochs "${EPOCHS:-30}" --batch-size 256 --lr 2e-3 --threads 1 --out-dir "$STAGE/$BB" --ckpt-dir "$CACHE/codec-ckpt-a"
+done
+# 5. the progressive codec (every budget from one model) on the 36 shards' training classes, 25 minutes at most
+[ -f "$STAGE/prq/prq-s128o32k256/model.safetensors" ] || semcomp -v train --spec prq-s128o32k256 \
+    --features "$FEAT/lite-tin-train.safetensors" --split-name tiny-imagenet --prq-init-beam 5 --epochs 80 --threads 1 \
+    --max-minutes 25 --out-dir "$STAGE/prq"
+for d in "$STAGE/$BB"/*/ "$STAGE/prq/prq-s128o32k256/"; do
+  rm -rf "weights/codecs/$BB/$(basename "$d")"; cp -r "$d" "weights/codecs/$BB/$(basename "$d")"
 done
 
-# 5. heads: bridges into the older heads' space (stop-gap until heads are retrained on this backbone)
-python -m semcomp.training.bridge --backbone $BB --train-shards "$ALIGN_SHARDS"
+# 6. heads: the SmolLM2 captioner (text stage, then image stage; each stops after --minutes and resumes when rerun),
+# and the bridges into the older heads' space (generator; GPT-2 captioner fallback)
+CK=$CACHE/caption-lm-$SHA
+python -m semcomp.training.caption_lm --stage text --steps 100 --minutes 14 --threads 1 --ckpt-dir "$CK"
+python -m semcomp.training.caption_lm --stage image --steps 30 --minutes 9 --threads 1 --ckpt-dir "$CK" \
+    --train-features "$FEAT/lite-train.safetensors"
+python -m semcomp.training.caption_lm --export weights/heads/semcomp-lite-smolcap --ckpt-dir "$CK"
+python -m semcomp.training.bridge --backbone $BB --train-shards 8
+python -m semcomp.zoo stamp --backbone $BB weights/codecs/$BB/* weights/heads/semcomp-lite-*   # bind them to these weights
 
-# 6. the tables
-python bench/backbone_zeroshot.py --backbones $BB semcomp-tiny-clip
+# 7. the tables (rate_accuracy first: the app and later benches pick codecs from it)
 python bench/rate_accuracy.py --features "$FEAT/lite-val.safetensors" --backbone $BB
+python bench/backbone_zeroshot.py --backbones $BB semcomp-tiny-clip
 python bench/examples_table.py
+python bench/entropy_coding.py
+python bench/codec_speed.py --threads 1
+python bench/probe.py --probe-train val-half --shots 1,4,16 --codecs aesq-c32l4,aesq-c128l4,fsq-c200l8
+python bench/peers.py --train "$FEAT/lite-train.safetensors" --test "$FEAT/lite-val.safetensors" --backbone $BB
+python bench/progressive.py --part prq --codec weights/codecs/$BB/prq-s128o32k256 --train "$FEAT/lite-tin-train.safetensors" \
+    --test "$FEAT/lite-val.safetensors" --out-name progressive_beaminit
+python bench/progressive.py --part peers --codec none --train "$FEAT/lite-tin-train.safetensors" --test "$FEAT/lite-val.safetensors" \
+    --max-train 10000
 python bench/bridged_heads.py --features "$FEAT/lite-val.safetensors" --n 1000 --gen 10 --codecs fsq-c32l4 fsq-c128l4
+python bench/caption_lm.py --n 500 --n-decoded 200 --threads 2
+python bench/pixel_vs_semantic.py --per-class 5 --jpeg-q 1,10,20,40,75 --webp-q 0,5,25,50,75 --keep-rd
+python bench/segment.py --n 500 --pairs 500
