@@ -10,6 +10,7 @@ backbone (200-way top-1/top-5) and cosine to the source feature.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -27,7 +28,7 @@ def main():
     from semcomp.backbone import features_from_uint8, load_backbone
     from semcomp.codecs import load_codec
     from semcomp.data import load_features, tiny_imagenet_classes, tiny_imagenet_split
-    from semcomp.receiver import load_head
+    from semcomp.receiver import _load_head_folder, head_candidates, load_head
     from semcomp.training.caption import caption_eval
     from semcomp.zoo import shipped_codecs
 
@@ -47,7 +48,13 @@ def main():
         if spec in shipped:
             codec = load_codec(shipped[spec])
             feats[f"{spec} ({codec.bits} bits)"] = codec.reconstruct(x)
-    cap = load_head("caption", a.backbone)
+    def bridged(kind):  # the bridge, not the backbone's own head (e.g. the SmolLM2 captioner comes first in the app)
+        for path in head_candidates(a.backbone).get(kind, []):
+            if json.loads((path / "config.json").read_text()).get("base"):
+                return _load_head_folder(kind, path, a.backbone)
+        return None
+
+    cap = bridged("caption")
     t0 = time.perf_counter()
     out = {"captions": caption_eval(cap, feats, y, classes), "caption_seconds": round(time.perf_counter() - t0, 1)}
     # the same captioner on its own backbone's features of the same images (what the bridge costs)
@@ -62,7 +69,7 @@ def main():
     if (val.labels[idx] == y).all():
         base = features_from_uint8(old, val.images[idx])
         out["captions_base_backbone"] = caption_eval(load_head("caption", "semcomp-tiny-clip"), {"float": base}, y, classes)
-    gen = load_head("generate", a.backbone)
+    gen = bridged("generate")
     if gen is not None and a.gen:
         bb = load_backbone(a.backbone)
         text = bb.encode_text([f"a photo of a {c['name']}." for c in classes])
