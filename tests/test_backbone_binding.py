@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from semcomp import backbone as backbone_mod
+from semcomp import receiver  # noqa: F401  imported before weights_dir patches WEIGHTS_DIR: it derives HEADS_DIR at import
 from semcomp import zoo
 from semcomp.backbone import BackboneRef, weights_sha256_of
 from semcomp.codecs import CodecError, create_codec, load_codec
