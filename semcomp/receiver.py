@@ -58,6 +58,7 @@ def stale_reason(card: dict, cfg: dict) -> str | None:
     ``base_backbone_sha256`` other weights of its base head's backbone, or its base head is stale itself.
     Unknown on either side: not stale (folders from before the field, backbones without a card)."""
     from .backbone import weights_sha256_of
+    from .weights import check_backbone_binding
 
     checks = [("backbone_sha256", cfg.get("backbone"))]
     base = cfg.get("base")
@@ -66,11 +67,14 @@ def stale_reason(card: dict, cfg: dict) -> str | None:
         base_cfg = json.loads((HEADS_DIR / base / "config.json").read_text())
         checks.append(("base_backbone_sha256", base_cfg.get("backbone")))
     for key, name in checks:
-        want = card.get(key)
+        if not isinstance(card.get(key), str):  # absent (an older folder) or malformed: nothing to compare
+            continue
         have = weights_sha256_of(name) if isinstance(name, str) and name else None
-        if isinstance(want, str) and want and have and want != have:
-            return (f"trained for other weights of backbone {name!r} ({want[:12]}) than it has now ({have[:12]}); "
-                    f"retrain it" + (f" ({card['command']})" if isinstance(card.get("command"), str) else ""))
+        cmd = card.get("command")
+        try:  # the one comparison codecs and head loaders use too
+            check_backbone_binding(card, name, have, "it", ValueError, cmd if isinstance(cmd, str) and cmd else "its trainer", key)
+        except ValueError as e:
+            return str(e)
     if base_cfg and (HEADS_DIR / base / "card.json").exists():
         base_card = json.loads((HEADS_DIR / base / "card.json").read_text())
         why = stale_reason(base_card, {k: v for k, v in base_cfg.items() if k != "base"})
