@@ -159,7 +159,8 @@ def cmd_train(a) -> None:
             raise CLIError(f"{out} exists; pass --force to overwrite")
         ckpt = Path(a.ckpt_dir) / f"{spec}.pt" if a.ckpt_dir else None
         codec, card = train_codec(spec, fs.features, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, ckpt_path=ckpt,
-                                  max_seconds=60 * a.max_minutes if a.max_minutes else None, prq_init_beam=a.prq_init_beam)
+                                  max_seconds=60 * a.max_minutes if a.max_minutes else None, prq_init_beam=a.prq_init_beam,
+                                  prq_frozen_stages=a.prq_frozen_stages)
         codec.backbone = fs.metadata.get("backbone", "")
         codec.backbone_sha256 = fs.metadata.get("backbone_sha256") or None  # the weights the features came from
         card.update({"backbone": codec.backbone, "data": {"features": str(a.features), "split": a.split_name,
@@ -770,6 +771,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-minutes", type=float, help="prq only: stop fine-tuning after this long (early stopping may end it sooner)")
     t.add_argument("--prq-init-beam", type=int, default=0, help="prq only: initialise the own stages with faiss.ResidualQuantizer "
                    "trained with this beam width (0: greedy residual k-means)")
+    t.add_argument("--prq-frozen-stages", type=int, default=0, help="prq only: keep the bias and the first N own codebooks "
+                   "at their k-means initialisation during fine-tuning (the shortest cuts stay k-means codes)")
     t.add_argument("--force", action="store_true")
     t.set_defaults(func=cmd_train)
 

@@ -246,3 +246,14 @@ def test_a_killed_training_resumes_to_the_same_codec(data, tmp_path, monkeypatch
     for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), k
     assert not list(tmp_path.glob("prq-*.pt"))  # a finished run leaves no checkpoint
+
+
+def test_frozen_stages_keep_their_initialisation(data):
+    kw = dict(kmeans_iters=5, progress=False)
+    init, _ = train_progressive(SPEC, data, epochs=0, **kw)
+    tuned, card = train_progressive(SPEC, data, epochs=3, frozen_stages=1, **kw)
+    assert card["frozen_stages"] == 1 and card["epochs_run"] == 3 and card["best_epoch"] > 0
+    assert torch.equal(tuned.bias, init.bias) and torch.equal(tuned.books[0], init.books[0])
+    assert not torch.equal(tuned.books[1], init.books[1])  # the stages after it still train
+    with pytest.raises(ValueError, match="frozen_stages"):
+        train_progressive(SPEC, data, epochs=0, frozen_stages=3, **kw)

@@ -137,10 +137,15 @@ class _Tables(torch.nn.Module):
 
 def train_progressive(spec: str, features, epochs: int = 100, batch_size: int = 256, lr: float = 1e-3, seed: int = 0,
                       val_frac: float = 0.1, patience: int = 6, kmeans_iters: int = 10, finetune: bool = True,
-                      epoch_items: int = 8192, rq_beam: int = 0,
+                      epoch_items: int = 8192, rq_beam: int = 0, frozen_stages: int = 0,
                       max_seconds: float | None = None, codec_kwargs: dict | None = None,
                       progress: bool = True, ckpt_path=None) -> tuple[ProgressiveRQ, dict]:
     """Residual k-means, then nested fine-tuning with early stopping on held-out training features.
+
+    ``frozen_stages`` > 0: the bias and the first ``frozen_stages`` own codebooks keep their initialisation (their
+    gradients are zeroed), so the shortest cuts stay the k-means / residual-quantiser codes. The nested loss is
+    free to move the first codewords without changing their cosine, and on unseen classes that cost 8-bit
+    zero-shot 4.5 points (45.0 after init, 40.5 after fine-tuning, lite backbone, 2026-12-04).
 
     Returns the best codec (by held-out nested loss, after rounding to fp16 as it is stored) and a card with
     the curve (per epoch: train loss, held-out loss, held-out cosine at every budget cut).
@@ -174,9 +179,13 @@ def train_progressive(spec: str, features, epochs: int = 100, batch_size: int = 
     codec = create_codec(spec, x_all.shape[1], **(codec_kwargs or {}))
     if not isinstance(codec, ProgressiveRQ):
         raise ValueError(f"train_progressive trains prq codecs, got {spec!r}")
+    if not 0 <= frozen_stages <= codec.params["o"]:
+        raise ValueError(f"frozen_stages must lie in 0..{codec.params['o']} (the own-codebook stages), got {frozen_stages}")
     run = {"spec": spec, "features_sha256": features_sha256(x_all), "epochs": epochs, "batch_size": batch_size, "lr": lr,
            "seed": seed, "val_frac": val_frac, "patience": patience, "kmeans_iters": kmeans_iters, "finetune": finetune,
            "epoch_items": epoch_items, "rq_beam": rq_beam, "codec_kwargs": dict(sorted((codec_kwargs or {}).items()))}
+    if frozen_stages:  # only when set, so the keys (and resumable checkpoints) of earlier runs stay what they were
+        run["frozen_stages"] = frozen_stages
     key = run_key(run)
     ckpt = run_checkpoint_path(ckpt_path, key) if ckpt_path else None
     state = load_checkpoint(ckpt) if ckpt else None
@@ -248,6 +257,9 @@ def train_progressive(spec: str, features, epochs: int = 100, batch_size: int = 
                 loss = (per_cut / ref).mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                if frozen_stages:
+                    tables.bias.grad.zero_()
+                    tables.books.grad[:frozen_stages].zero_()
                 if ddp:  # the mean over ranks of equal-share means: the whole batch's gradient
                     for prm in tables.parameters():
                         dist.all_reduce(prm.grad)
@@ -293,7 +305,7 @@ def train_progressive(spec: str, features, epochs: int = 100, batch_size: int = 
                 "the residual after the own stages; shared-stage scales by least squares",
         "finetune": ("nested loss: mean over budget cuts of (1 - cos(prefix, x)) / its value after init; codes re-assigned "
                      "greedily at the start of each epoch (a fresh random subset of epoch_items training items), fixed within it; Adam on unit-RMS codebooks and log-scales") if finetune else None,
-        "kmeans_iters": kmeans_iters, "epoch_items": epoch_items, "patience": patience,
+        "kmeans_iters": kmeans_iters, "epoch_items": epoch_items, "patience": patience, "frozen_stages": frozen_stages,
         "cuts": cuts, "best_epoch": best[2], "epochs_run": len(history) - 1, "stopped": stop,
         "train_items": int(len(x_tr)), "holdout_items": int(len(x_va)),
         "holdout_cosine": float(cos_final[-1]),  # at full depth; every cut below
