@@ -211,6 +211,47 @@ def test_retrieval_prompt_goes_into_the_lm_input(tmp_path):
         LMCaptioner.from_pretrained(out)
     with pytest.raises(CaptionError, match="prompt sentences"):
         LMCaptioner.new(cfg, prompts=["only one"])
-    # prompts of different lengths: a left-padded batch captions as each item alone
+    # prompts of different lengths: a left-padded batch (transformers' generate) captions as each item alone
     uneven = LMCaptioner(cap.mapper, cap.lm, cap.tokenizer, prompts=["a red cat blue dog", "dog"])
-    assert uneven.caption(mem[:2]) == [uneven.caption(m)[0] for m in mem[:2]]
+    assert uneven.caption(mem[:2], lookup=False) == [uneven.caption(m, lookup=False)[0] for m in mem[:2]]
+
+
+def test_lookup_decoding_gives_greedy_tokens_in_fewer_passes():
+    """Prompt-lookup drafts change how many LM passes a caption takes, never which tokens come out."""
+    from semcomp.heads.lookup_decoding import greedy_with_lookup
+
+    cap = tiny_captioner()
+    torch.manual_seed(1)
+    context = [3, 4, 5, 8, 3, 6, 7, 8]  # "a red cat . a blue dog ."
+    saved = 0
+    for e in F.normalize(torch.randn(40, 8), dim=-1):
+        x, att, _ = cap.inputs(e[None])
+        ref = cap.lm.generate(inputs_embeds=x, attention_mask=att, max_new_tokens=6, do_sample=False, eos_token_id=2,
+                              pad_token_id=2, no_repeat_ngram_size=3)[0].tolist()
+        ref = ref[: ref.index(2) + 1] if 2 in ref else ref
+        for ends in (frozenset(), frozenset({8})):
+            got, passes = greedy_with_lookup(cap.lm, x, context, 6, 2, no_repeat_ngram=3, draft_ends=ends)
+            assert got == ref
+            assert passes <= len(got)  # one prompt pass, then at most one pass per further token
+            saved += len(got) - passes
+    assert saved > 0  # some drafts were accepted
+    with pytest.raises(ValueError, match="one item"):
+        greedy_with_lookup(cap.lm, torch.zeros(2, 3, 32), context, 6, 2)
+
+
+def test_no_repeat_ban_matches_transformers_and_drafts_stop_at_a_sentence_end():
+    from transformers import NoRepeatNGramLogitsProcessor
+
+    from semcomp.heads.lookup_decoding import banned_by_no_repeat, lookup_draft
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        seq = torch.randint(0, 5, (1, int(torch.randint(0, 12, (1,), generator=g))), generator=g)
+        for n in (1, 2, 3):
+            scores = NoRepeatNGramLogitsProcessor(n)(seq, torch.zeros(1, 5))
+            assert banned_by_no_repeat(seq[0].tolist(), n) == set(torch.nonzero(scores[0] == float("-inf")).flatten().tolist())
+    context = [10, 11, 12, 13, 14, 15]
+    assert lookup_draft(context, [11], 8) == [12, 13, 14, 15, 11]  # what followed 11, then the tokens so far
+    assert lookup_draft(context, [11], 8, ends=frozenset({13})) == [12, 13]
+    assert lookup_draft(context, [12, 11], 2) == [12, 13]  # the longest n-gram that occurs: here "11" alone
+    assert lookup_draft(context, [99], 8) == []
