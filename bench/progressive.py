@@ -138,6 +138,20 @@ def speed(codec, x_te: np.ndarray, bits: int) -> dict:
     codec.decode(s)
     dec = time.perf_counter() - t0
     row = {"bits": bits, "items": len(x_te), "prq_encode_per_s": len(x_te) / enc, "prq_decode_per_s": len(x_te) / dec}
+    # the same greedy residual search in FAISS's C++ (its ResidualQuantizer holding this codec's tables, beam 1):
+    # what an RQ encoder of these codes costs there, and a check that both pick the same codewords
+    from semcomp.compressed_domain import additive_form, faiss_index
+
+    index = faiss_index(additive_form(codec).prefix(m))  # keep it referenced: rq belongs to it
+    rq = index.rq
+    rq.max_beam_size = 1
+    xr = np.ascontiguousarray(x_te - codec.additive_bias(), dtype=np.float32)
+    t0 = time.perf_counter()
+    packed = rq.compute_codes(xr)
+    row["faiss_rq_same_codebooks_encode_per_s"] = len(x_te) / (time.perf_counter() - t0)
+    ours = np.zeros_like(packed)
+    rq.pack_codes(len(xr), faiss.swig_ptr(np.ascontiguousarray(s.numpy(), dtype=np.int32)), faiss.swig_ptr(ours))
+    row["faiss_rq_same_codes_share"] = float((packed == ours).all(1).mean())
     if 384 % (bits // 8) == 0:
         pq = FaissCodec(f"PQ{bits // 8}x8np", x_te.shape[1])
         pq.train(np.ascontiguousarray(x_te[:4000]))  # speed only: what it was fitted on does not matter
@@ -152,7 +166,8 @@ def speed(codec, x_te: np.ndarray, bits: int) -> dict:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--codec", required=True, help="a prq codec folder")
+    ap.add_argument("--codec", required=True, nargs="+", help="a prq codec folder; several (seeds of one recipe): "
+                    "their rows are averaged per budget (mean ± std), the first one's speed is timed")
     ap.add_argument("--train", required=True, help="feature file of the codec-training classes (what prq was fitted on)")
     ap.add_argument("--test", required=True)
     ap.add_argument("--backbone", default="semcomp-lite-clip")
@@ -169,12 +184,13 @@ def main():
     ap.add_argument("--budgets", type=int, nargs="*", default=list(BUDGETS))
     ap.add_argument("--no-ladder", action="store_true")
     ap.add_argument("--out-name", default="progressive")
+    ap.add_argument("--peers-name", help="--part merge: take the peers from <peers-name>_peers.json (default: --out-name)")
     ap.add_argument("--log", help="--part salvage-peers: the stdout of a --part peers run that was stopped early")
     ap.add_argument("--part", default="all", choices=["all", "peers", "prq", "merge", "salvage-peers", "salvage-prq"],
                     help="peers: peers + ladder into <out-name>_peers.json; prq: the prq model, merged with that file")
     a = ap.parse_args()
     if a.part == "merge":
-        return merge(a.out_name)
+        return merge(a.out_name, a.peers_name)
     if a.part == "salvage-peers":
         return salvage_peers(a)
     if a.part == "salvage-prq":
@@ -198,19 +214,22 @@ def main():
     x_te = np.ascontiguousarray(te.features[mask], dtype=np.float32)
     text = te.metadata["_extra"]["text_features"][split["test_classes"]]
     d = x_te.shape[1]
-    codec = load_codec(a.codec) if a.part != "peers" else None
+    codecs = [load_codec(c) for c in a.codec] if a.part != "peers" else []
+    codec = codecs[0] if codecs else None
     rows = []
     xt, tt = torch.from_numpy(x_te), torch.from_numpy(np.ascontiguousarray(text, dtype=np.float32))
-    for bits in a.budgets if codec is not None else []:  # the one progressive model, cut at every budget
-        m = codec.stages_for_bits(bits)
-        for beam in sorted({1, a.beam} if bits <= a.beam_max else {1}):
-            t0 = time.time()
-            rec = codec.decode(codec.encode(xt, stages=m, beam=beam)).numpy()
-            r = evaluate(f"semcomp prq (beam {beam})" if beam > 1 else "semcomp prq", codec.spec, bits, rec, x_te, y_te, text,
-                         codec.decode(codec.encode(tt, stages=m, beam=beam)).numpy())
-            r["encode_s"] = round(time.time() - t0, 2)
-            rows.append(r)
-            print(r, flush=True)
+    for path, one in zip(a.codec, codecs):  # each progressive model, cut at every budget
+        seed = json.loads((Path(path) / "card.json").read_text()).get("seed")
+        for bits in a.budgets:
+            m = one.stages_for_bits(bits)
+            for beam in sorted({1, a.beam} if bits <= a.beam_max else {1}):
+                t0 = time.time()
+                rec = one.decode(one.encode(xt, stages=m, beam=beam)).numpy()
+                r = evaluate(f"semcomp prq (beam {beam})" if beam > 1 else "semcomp prq", one.spec, bits, rec, x_te, y_te, text,
+                             one.decode(one.encode(tt, stages=m, beam=beam)).numpy())
+                r.update(encode_s=round(time.time() - t0, 2), seed=seed, codec_path=str(path))
+                rows.append(r)
+                print(r, flush=True)
     for bits in a.budgets if a.part != "prq" else []:
         for name, make in peer_configs(d, bits, a):
             seeds = range(a.seeds) if bits in a.seed_budgets and (name == "faiss PQ" or name.startswith("faiss RQ")) else range(1)
@@ -240,12 +259,16 @@ def main():
         print("wrote", path)
         return
     speeds = [speed(codec, x_te, b) for b in (8, 32, 64, 128, 256, 512, 1024) if b in a.budgets]
-    card = json.loads((Path(a.codec) / "card.json").read_text())
+    cards = [json.loads((Path(c) / "card.json").read_text()) for c in a.codec]
+    card = cards[0]
     rep = {"data": f"fit: {a.train} ({len(x_tr)} features: training classes + photos, no test class); test: {a.test} "
                    f"({len(x_te)} features of the {len(split['test_classes'])} unseen classes)",
-           "codec": codec.spec, "codec_card": {k: card.get(k) for k in ("epochs_run", "best_epoch", "stopped", "wall_time_s")},
+           "codec": codec.spec, "codec_card": {k: card.get(k) for k in ("epochs_run", "best_epoch", "stopped", "wall_time_s", "frozen_stages")},
            "backbone": a.backbone, "float": {"top1": fl["top1"], "top5": fl["top5"]}, "test_items": int(len(x_te)),
            "train": a.train, "test": a.test, "results": rows, "speed_1thread": speeds}
+    if len(cards) > 1:
+        rep["codec_seeds"] = [{"path": str(c), **{k: cd.get(k) for k in ("seed", "epochs_run", "best_epoch", "stopped", "wall_time_s")}}
+                              for c, cd in zip(a.codec, cards)]
     if a.part == "prq":  # merged with the peers' own recorded run (same files) by --part merge
         print("wrote", record(f"{a.out_name}_prq", rep))
         return
@@ -278,7 +301,7 @@ def salvage_prq(a) -> None:
     from semcomp.splits import class_split
 
     rows = [ast.literal_eval(l) for l in Path(a.log).read_text().splitlines() if l.startswith("{'method': 'semcomp prq")]
-    card = json.loads((Path(a.codec) / "card.json").read_text())
+    card = json.loads((Path(a.codec[0]) / "card.json").read_text())
     split = class_split(a.split_name)
     te = load_features(a.test)
     mask = np.isin(te.labels, split["test_classes"])
@@ -286,7 +309,7 @@ def salvage_prq(a) -> None:
     y_te = np.asarray([remap[int(v)] for v in te.labels[mask]])
     x_te = np.ascontiguousarray(te.features[mask], dtype=np.float32)
     fl = evaluate("float", "float", 32 * x_te.shape[1], x_te, x_te, y_te, te.metadata["_extra"]["text_features"][split["test_classes"]])
-    codec = load_codec(a.codec)
+    codec = load_codec(a.codec[0])
     speeds = [speed(codec, x_te, b) for b in (8, 32, 64, 128, 256, 512, 1024) if b in a.budgets]
     rep = {"data": f"fit: {a.train} (training classes + photos, no test class); test: {a.test} (unseen classes)",
            "codec": card["spec"], "codec_card": {k: card.get(k) for k in ("epochs_run", "best_epoch", "stopped", "wall_time_s")},
@@ -298,10 +321,10 @@ def salvage_prq(a) -> None:
     print("wrote", record(f"{a.out_name}_prq", rep))
 
 
-def merge(name: str) -> None:
+def merge(name: str, peers_name: str | None = None) -> None:
     """progressive.{json,md} from the two recorded parts; each row keeps the command that measured it."""
     prq = json.loads((RESULTS / f"{name}_prq.json").read_text())
-    peers = json.loads((RESULTS / f"{name}_peers.json").read_text())
+    peers = json.loads((RESULTS / f"{peers_name or name}_peers.json").read_text())
     if (prq["train"], prq["test"]) != (peers["train"], peers["test"]):
         raise SystemExit(f"the parts were measured on different files: {prq['train']}/{prq['test']} vs {peers['train']}/{peers['test']}")
     rows = [dict(r, measured_by=prq["command"]) for r in prq["results"]] + \
@@ -344,7 +367,8 @@ def write_markdown(rep, name):
                 lad[b] = v
     fmt = lambda v: "–" if v is None else (f"{100 * v[0]:.1f}" + (f" ± {100 * v[1]:.1f}" if v[1] is not None else ""))
     lines = [f"{rep['data']}. Float feature: top-1 {100 * rep['float']['top1']:.1f} %. Codec `{rep['codec']}` "
-             f"({rep['codec_card']}). Top-1 % zero-shot on the unseen classes; ± is the std over seeds (peers, where run); "
+             f"({rep['codec_card']}" + (f"; {len(rep['codec_seeds'])} seeds of it: prq ± is their std" if rep.get("codec_seeds") else "")
+             + "). Top-1 % zero-shot on the unseen classes; ± is the std over seeds (peers, where run); "
              f"the test set's standard error is ±{100 * math.sqrt(0.25 / n):.1f} points at most (binomial, {n} items).", "",
              "| bits | prq (greedy) | prq (beam) | best peer | best semcomp ladder | " + " | ".join(peers) + " |",
              "|---:|---:|---:|---|---|" + "---:|" * len(peers)]
@@ -359,9 +383,12 @@ def write_markdown(rep, name):
     if rep.get("partial"):
         lines += ["", f"prq: {rep['partial']}."]
     lines += ["", "Speed on one core (items/s; torch and faiss at 1 thread; prq greedy encode of the first bits/8 stages):", "",
-              "| bits | prq encode | prq decode | FAISS PQ encode | FAISS PQ decode |", "|---:|---:|---:|---:|---:|"]
+              "| bits | prq encode | prq decode | FAISS RQ encode, same codebooks (same codes) | FAISS PQ encode | FAISS PQ decode |",
+              "|---:|---:|---:|---:|---:|---:|"]
     for s in rep["speed_1thread"]:
-        lines.append(f"| {s['bits']} | {s['prq_encode_per_s']:,.0f} | {s['prq_decode_per_s']:,.0f} | "
+        rq = (f"{s['faiss_rq_same_codebooks_encode_per_s']:,.0f} ({100 * s['faiss_rq_same_codes_share']:.1f} %)"
+              if "faiss_rq_same_codebooks_encode_per_s" in s else "–")
+        lines.append(f"| {s['bits']} | {s['prq_encode_per_s']:,.0f} | {s['prq_decode_per_s']:,.0f} | {rq} | "
                      f"{s.get('faiss_pq_encode_per_s', float('nan')):,.0f} | {s.get('faiss_pq_decode_per_s', float('nan')):,.0f} |")
     lines += ["", f"Command: `{rep['command']}` on {rep['machine']['cpu']} ({rep['date']}, commit {rep['git_commit']})."]
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
