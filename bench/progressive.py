@@ -117,6 +117,8 @@ def seeded_fit(make, x_tr, seed: int, max_train: int):
             q = getattr(inner, obj, None)
             if q is not None and hasattr(q, "cp"):
                 q.cp.seed = 1234 + seed
+            if q is not None and hasattr(q, "random_seed"):  # LSQ's own initialisation and perturbations
+                q.random_seed = 1234 + seed
         c.train(np.ascontiguousarray(x, dtype=np.float32))
     else:
         c.train(np.asarray(x, dtype=np.float32), seed=seed)
@@ -184,7 +186,8 @@ def main():
     ap.add_argument("--budgets", type=int, nargs="*", default=list(BUDGETS))
     ap.add_argument("--no-ladder", action="store_true")
     ap.add_argument("--out-name", default="progressive")
-    ap.add_argument("--peers-name", help="--part merge: take the peers from <peers-name>_peers.json (default: --out-name)")
+    ap.add_argument("--peers-name", nargs="+", help="--part merge: take the peers from <name>_peers.json for each name "
+                    "(default: --out-name); a later file's rows replace an earlier one's for the same method and budget")
     ap.add_argument("--log", help="--part salvage-peers: the stdout of a --part peers run that was stopped early")
     ap.add_argument("--part", default="all", choices=["all", "peers", "prq", "merge", "salvage-peers", "salvage-prq"],
                     help="peers: peers + ladder into <out-name>_peers.json; prq: the prq model, merged with that file")
@@ -232,7 +235,7 @@ def main():
                 print(r, flush=True)
     for bits in a.budgets if a.part != "prq" else []:
         for name, make in peer_configs(d, bits, a):
-            seeds = range(a.seeds) if bits in a.seed_budgets and (name == "faiss PQ" or name.startswith("faiss RQ")) else range(1)
+            seeds = range(a.seeds) if bits in a.seed_budgets and (name in ("faiss PQ", "faiss LSQ") or name.startswith("faiss RQ")) else range(1)
             for seed in seeds:
                 t0 = time.time()
                 try:
@@ -324,13 +327,20 @@ def salvage_prq(a) -> None:
 def merge(name: str, peers_name: str | None = None) -> None:
     """progressive.{json,md} from the two recorded parts; each row keeps the command that measured it."""
     prq = json.loads((RESULTS / f"{name}_prq.json").read_text())
-    peers = json.loads((RESULTS / f"{peers_name or name}_peers.json").read_text())
-    if (prq["train"], prq["test"]) != (peers["train"], peers["test"]):
-        raise SystemExit(f"the parts were measured on different files: {prq['train']}/{prq['test']} vs {peers['train']}/{peers['test']}")
-    rows = [dict(r, measured_by=prq["command"]) for r in prq["results"]] + \
-           [dict(r, measured_by=peers["command"]) for r in peers["results"]]
-    rep = {**prq, "results": rows, "parts": {"prq": prq["command"], "peers": peers["command"]},
-           **({"peers_partial": peers["partial"]} if peers.get("partial") else {})}
+    peer_rows, commands, partial = {}, [], []
+    for pn in peers_name or [name]:
+        peers = json.loads((RESULTS / f"{pn}_peers.json").read_text())
+        if (prq["train"], prq["test"]) != (peers["train"], peers["test"]):
+            raise SystemExit(f"the parts were measured on different files: {prq['train']}/{prq['test']} vs {peers['train']}/{peers['test']}")
+        mine = {}
+        for r in peers["results"]:
+            mine.setdefault((r["method"], r["bits"]), []).append(dict(r, measured_by=peers["command"]))
+        peer_rows.update(mine)  # later files replace earlier rows of the same method and budget
+        commands.append(peers["command"])
+        partial += [peers["partial"]] if peers.get("partial") else []
+    rows = [dict(r, measured_by=prq["command"]) for r in prq["results"]] + [r for v in peer_rows.values() for r in v]
+    rep = {**prq, "results": rows, "parts": {"prq": prq["command"], "peers": commands},
+           **({"peers_partial": " ".join(partial)} if partial else {})}
     path = record(name, rep)
     write_markdown(json.loads(path.read_text()), name)
     print("wrote", path)
