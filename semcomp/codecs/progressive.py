@@ -20,6 +20,7 @@ import math
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .. import bitstream
 from ..entropy import CODER_IDS, EntropyCodingError, raw_decode, raw_encode
@@ -131,10 +132,19 @@ class ProgressiveRQ(Codec):
         return s.long()
 
     def _decode(self, s):
-        out = self.bias.expand(len(s), -1).clone()  # (N, D)
-        for j, (book, scale) in enumerate(self._stages(s.shape[1])):
-            out += book[s[:, j]] if scale is None else scale * book[s[:, j]]
-        return out
+        """bias + one embedding-bag sum over the stage tables (one C++ call instead of a loop over stages)."""
+        k, m = self.alphabet, s.shape[1]
+        tables = self._flat_tables()[: m * k]  # (m K, D)
+        return self.bias + F.embedding_bag(s + torch.arange(m) * k, tables, mode="sum")
+
+    def _flat_tables(self) -> torch.Tensor:
+        """(s K, D) the materialised stage tables, rebuilt only when a parameter changed (its version counter)."""
+        key = tuple((p.data_ptr(), p._version) for p in (self.books, self.shared, self.scales))
+        if getattr(self, "_tables_key", None) != key:
+            with torch.no_grad():
+                self._tables = self.stage_codebooks().detach().reshape(-1, self.dim).clone()
+            self._tables_key = key
+        return self._tables
 
     def prefix_decodes(self, s: torch.Tensor, cuts: list[int]) -> torch.Tensor:
         """Training path: un-normalised decodes of the first ``c`` stages for each cut c, (len(cuts), N, D),
