@@ -79,3 +79,19 @@ python bench/bridged_heads.py --features "$FEAT/lite-val.safetensors" --n 1000 -
 python bench/caption_lm.py --n 500 --n-decoded 200 --threads 2
 python bench/pixel_vs_semantic.py --per-class 5 --jpeg-q 1,10,20,40,75 --webp-q 0,5,25,50,75 --keep-rd
 python bench/segment.py --n 500 --pairs 500
+python bench/compressed_domain.py --train "$FEAT/lite-tin-train.safetensors" --database 1000000 --queries 300 \
+    --check-queries 100 --bits 64,128 --out-name compressed_domain_prq                       # ~30 min on 1 thread
+
+# 8. the 3-seed study of the progressive recipe with its first stage kept at k-means (measured, not shipped;
+# README "Three seeds"): one thread each, two at a time
+for seed in 0 1 2; do
+  [ -f "$CACHE/codecs-frozen/seed$seed/prq-s128o32k256/model.safetensors" ] || semcomp -v train --spec prq-s128o32k256 \
+      --features "$FEAT/lite-tin-train.safetensors" --split-name tiny-imagenet --prq-init-beam 5 --prq-frozen-stages 1 \
+      --epochs 80 --threads 1 --max-minutes 35 --seed $seed --out-dir "$CACHE/codecs-frozen/seed$seed"
+done
+python bench/progressive.py --part peers --codec none --train "$FEAT/lite-tin-train.safetensors" --test "$FEAT/lite-val.safetensors" \
+    --max-train 10000 --seeds 3 --seed-budgets 8 16 --budgets 8 16 --no-ladder --out-name progressive_lsqseeds
+python bench/progressive.py --part prq --codec "$CACHE"/codecs-frozen/seed{0,1,2}/prq-s128o32k256 \
+    --train "$FEAT/lite-tin-train.safetensors" --test "$FEAT/lite-val.safetensors" --out-name progressive_frozen
+python bench/progressive.py --part merge --codec none --train - --test - --out-name progressive_frozen \
+    --peers-name progressive_beaminit progressive_lsqseeds
