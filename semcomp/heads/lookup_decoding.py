@@ -58,6 +58,11 @@ def _cache_kwarg(lm) -> str:
     return "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
 
 
+def _cache_of(out):
+    """The KV cache an LM output returns: ``cache`` in newer transformers 5.x, ``past_key_values`` before."""
+    return out.cache if "cache" in getattr(out, "keys", lambda: [])() else out.past_key_values
+
+
 @torch.inference_mode()
 def greedy_with_lookup(lm, inputs_embeds: torch.Tensor, context_ids: list[int], max_new_tokens: int, eos_id: int,
                        no_repeat_ngram: int = 3, draft_len: int = 8,
@@ -69,7 +74,7 @@ def greedy_with_lookup(lm, inputs_embeds: torch.Tensor, context_ids: list[int], 
         raise ValueError(f"greedy_with_lookup decodes one item: inputs_embeds must be (1, T, W), got {tuple(inputs_embeds.shape)}")
     kv = _cache_kwarg(lm)
     out = lm(inputs_embeds=inputs_embeds, use_cache=True, logits_to_keep=1)  # the prompt's last logits only
-    cache, logits, passes = out.past_key_values, out.logits[0, -1], 1
+    cache, logits, passes = _cache_of(out), out.logits[0, -1], 1
     start = inputs_embeds.shape[1]
     emb = lm.get_input_embeddings()
     tokens: list[int] = []
@@ -80,7 +85,7 @@ def greedy_with_lookup(lm, inputs_embeds: torch.Tensor, context_ids: list[int], 
         draft = lookup_draft(context_ids, tokens, min(draft_len, max_new_tokens - len(tokens)), ends=draft_ends)
         feed = torch.tensor([[tokens[-1]] + draft])
         out = lm(inputs_embeds=emb(feed).to(inputs_embeds.dtype), use_cache=True, **{kv: cache})
-        cache, step_logits, passes = out.past_key_values, out.logits[0], passes + 1
+        cache, step_logits, passes = _cache_of(out), out.logits[0], passes + 1
         accepted = 0
         for j, d in enumerate(draft):  # keep the draft while it is what greedy decoding would have chosen
             if pick(step_logits[j], tokens, no_repeat_ngram) != d:
