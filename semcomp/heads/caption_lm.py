@@ -213,6 +213,7 @@ class LMCaptioner:
         if len(self.prompts) != self.cfg.prompt_pool:
             raise CaptionError(f"config asks for {self.cfg.prompt_pool} prompt sentences, got {len(self.prompts)}")
         self._prompt_ids: dict[int, list[int]] = {}
+        self._draft_ends: dict[int, frozenset[int]] = {}
 
     @classmethod
     def new(cls, cfg: LMCaptionConfig, prompts: list[str] | None = None) -> "LMCaptioner":
@@ -351,8 +352,11 @@ class LMCaptioner:
 
     def _greedy_lookup(self, embed: torch.Tensor, project: bool, max_tokens: int | None) -> str:
         x, _, _ = self.inputs(embed, project)
-        context = self.prompt_ids(int(self.retrieve(embed)[0])) if self.cfg.prompt_pool else []
-        ends = frozenset(t for t in context if "." in self.tokenizer.decode([t]))  # drafts stop at a full stop
+        i = int(self.retrieve(embed)[0]) if self.cfg.prompt_pool else None
+        context = self.prompt_ids(i) if i is not None else []
+        if i not in self._draft_ends:  # drafts stop at a full stop: the prompt's tokens holding one, once per prompt
+            self._draft_ends[i] = frozenset(t for t in context if "." in self.tokenizer.decode([t]))
+        ends = self._draft_ends[i]
         tokens, _ = greedy_with_lookup(self.lm, x, context, max_tokens or self.cfg.max_tokens, self.cfg.eos_id,
                                        no_repeat_ngram=NO_REPEAT_NGRAM, draft_ends=ends)
         return self._text(tokens)
