@@ -174,8 +174,9 @@ def build(demo, scf_files: ScfFiles):
     def generate(image, family, bits, coder, seed, steps, guidance, progress=gr.Progress()):
         r = demo.generate(image, family, bits, coder, seed, steps, guidance,
                           progress=lambda i, n: progress(i / n, desc=f"denoising step {i}/{n}"))
-        return r.original, r.decoded, (f"Generated both images in **{r.elapsed_s:.1f} s** on this server "
-                                       f"({r.steps} steps, guidance {r.guidance:g}, seed {r.seed}, codec {r.spec}).")
+        how = ("one decoder pass each, no seed or steps" if demo.generator_one_pass
+               else f"{r.steps} steps, guidance {r.guidance:g}, seed {r.seed}")
+        return r.original, r.decoded, f"Generated both images in **{r.elapsed_s:.2f} s** on this server ({how}, codec {r.spec})."
 
     @endpoint
     def receive(file, label_set, custom, with_image, seed, steps, guidance):
@@ -231,14 +232,17 @@ def build(demo, scf_files: ScfFiles):
                     cap_d = gr.Textbox(label="Caption", interactive=False)
                     seg_d = gr.Image(label="Segmentation (decoded command)", interactive=False)
             seg_note = gr.Markdown()
-            gr.Markdown("### Images generated from each feature (same seed: only the feature differs)")
+            gr.Markdown("### Images generated from each feature (" + ("one decoder pass: 64 px, the average of what the "
+                        "feature could show" if demo.generator_one_pass else "same seed: only the feature differs") + ")")
             with gr.Row():
                 gen_o = gr.Image(label="Generated from the original feature", interactive=False)
                 gen_d = gr.Image(label="Generated from the decoded feature", interactive=False)
             with gr.Row():  # right under the two image boxes it fills
-                seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
-                steps = gr.Slider(1, MAX_STEPS, value=20, step=1, label="Denoising steps")
-                guidance = gr.Slider(0.0, MAX_GUIDANCE, value=demo.default_guidance, step=0.5, label="Guidance")
+                diffusion = not demo.generator_one_pass  # a one-pass decoder has nothing to set
+                seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", visible=diffusion)
+                steps = gr.Slider(1, MAX_STEPS, value=20, step=1, label="Denoising steps", visible=diffusion)
+                guidance = gr.Slider(0.0, MAX_GUIDANCE, value=demo.default_guidance, step=0.5, label="Guidance",
+                                     visible=diffusion)
                 gen_btn = gr.Button("Generate images from both features", variant="secondary")
             gen_note = gr.Markdown()
             with gr.Row():
@@ -258,9 +262,10 @@ def build(demo, scf_files: ScfFiles):
                     r_custom = gr.Textbox(label=f"Custom labels (comma-separated, at most {MAX_LABELS:,})")
                     r_img = gr.Checkbox(True, label="Also generate an image")
                     with gr.Row():
-                        r_seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
-                        r_steps = gr.Slider(1, MAX_STEPS, value=20, step=1, label="Denoising steps")
-                        r_guidance = gr.Slider(0.0, MAX_GUIDANCE, value=demo.default_guidance, step=0.5, label="Guidance")
+                        r_seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", visible=diffusion)
+                        r_steps = gr.Slider(1, MAX_STEPS, value=20, step=1, label="Denoising steps", visible=diffusion)
+                        r_guidance = gr.Slider(0.0, MAX_GUIDANCE, value=demo.default_guidance, step=0.5, label="Guidance",
+                                               visible=diffusion)
                     rgo = gr.Button("Decode", variant="primary")
                 with gr.Column():
                     r_info = gr.Markdown()

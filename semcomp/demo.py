@@ -204,6 +204,8 @@ class Demo:
         # the factorized-prior models: the attention pyramid costs seconds per image at these sizes
         self._loaded["pixel"] = [c for c in shipped_pixel_codecs() if "pyramid" not in c.name]
         self.default_guidance = float(self._head_card("generate").get("default_guidance", 3.0))
+        # a one-pass generator (semcomp.heads.feature_decoder) has no seed, steps or guidance: the page hides them
+        self.generator_one_pass = bool(getattr(self.head("generate"), "one_pass", False))
 
     # ------------------------------------------------------------------ what there is
     def families(self) -> list[str]:

@@ -142,6 +142,10 @@ def _load_head_folder(kind: str, path: Path, backbone: str | None = None):
         from .heads.caption import Captioner
 
         return Captioner.from_pretrained(path, backbone=backbone)
+    if kind == "generate" and cfg.get("architecture") == "feature-decoder":  # one-pass decoder, no diffusion
+        from .heads.feature_decoder import FeatureDecoderGenerator
+
+        return FeatureDecoderGenerator.from_pretrained(path, backbone=backbone)
     if kind == "generate":
         from .heads.generate import ImageGenerator
 

@@ -112,21 +112,26 @@ def model_to_images(x: torch.Tensor) -> np.ndarray:
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
-class ImageGenerator:
-    """The embedded unCLIP-style decoder: CLIP embedding -> 64x64 image."""
+class PretrainedGenerator:
+    """What every embedded generator head shares: a config dataclass + a model built from it, saved as
+    ``config.json`` + fp16 ``model.safetensors`` + ``card.json`` (sha256-checked on load), and the input check.
+    Subclasses name ``CONFIG`` (with ``from_dict``), ``MODEL`` and the ``RETRAIN`` command (``{backbone}``)."""
 
     WEIGHTS = "model.safetensors"
+    CONFIG: type
+    MODEL: type
+    RETRAIN: str
 
-    def __init__(self, model: EmbeddingConditionedUNet):
+    def __init__(self, model: nn.Module):
         self.model = model.eval()
         self.cfg = model.cfg
 
     @classmethod
-    def from_config(cls, cfg: GeneratorConfig) -> "ImageGenerator":
-        return cls(EmbeddingConditionedUNet(cfg))
+    def from_config(cls, cfg):
+        return cls(cls.MODEL(cfg))
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, verify: bool = True, backbone=None) -> "ImageGenerator":
+    def from_pretrained(cls, path: str | Path, verify: bool = True, backbone=None):
         """``backbone`` (a name or a loaded backbone): refuse, with a GeneratorError, a generator trained for other
         weights of that backbone (the card's ``backbone_sha256``)."""
         from safetensors.torch import load_file
@@ -136,10 +141,13 @@ class ImageGenerator:
         path = Path(path)
         w = path / cls.WEIGHTS
         card = read_verified_card(path, cls.WEIGHTS, GeneratorError, verify)
-        cfg = GeneratorConfig.from_dict(json.loads((path / "config.json").read_text()))
+        try:
+            cfg = cls.CONFIG.from_dict(json.loads((path / "config.json").read_text()))
+        except (ValueError, TypeError) as e:
+            raise GeneratorError(f"bad generator config in {path}: {e}") from e
         check_trained_for(card, cfg.backbone, backbone, f"generator {path}", GeneratorError,
-                          f"semcomp train-generator --backbone {cfg.backbone}")
-        model = EmbeddingConditionedUNet(cfg)
+                          cls.RETRAIN.format(backbone=cfg.backbone))
+        model = cls.MODEL(cfg)
         try:
             model.load_state_dict({k: v.float() for k, v in load_file(str(w)).items()})
         except (RuntimeError, OSError) as e:
@@ -159,15 +167,25 @@ class ImageGenerator:
         (path / "card.json").write_text(json.dumps(card, indent=2))
         return path
 
-    def check(self, embeds: torch.Tensor, backbone: str | None = None) -> torch.Tensor:
+    def check(self, embeds, backbone: str | None = None) -> torch.Tensor:
         embeds = torch.as_tensor(embeds, dtype=torch.float32)
         if embeds.ndim == 1:
             embeds = embeds[None]
         if embeds.ndim != 2 or embeds.shape[1] != self.cfg.embed_dim:
             raise GeneratorError(f"generator expects {self.cfg.embed_dim}-d embeddings, got shape {tuple(embeds.shape)}")
+        if not torch.isfinite(embeds).all():
+            raise GeneratorError("embedding holds NaN or infinite values")
         if backbone is not None and backbone != self.cfg.backbone:
             raise GeneratorError(f"generator was trained on {self.cfg.backbone!r} embeddings; these come from {backbone!r}")
         return embeds
+
+
+class ImageGenerator(PretrainedGenerator):
+    """The embedded unCLIP-style decoder: CLIP embedding -> 64x64 image."""
+
+    CONFIG = GeneratorConfig
+    MODEL = EmbeddingConditionedUNet
+    RETRAIN = "semcomp train-generator --backbone {backbone}"
 
     @torch.inference_mode()
     def generate(self, embeds, steps: int = 20, guidance: float = 3.0, seed: int = 0, backbone: str | None = None,

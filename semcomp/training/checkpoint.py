@@ -20,3 +20,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict | None:
     if not path.exists():
         return None
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def restore_checkpoint(path: str | os.PathLike | None, **parts) -> dict | None:
+    """Load the checkpoint at ``path`` (None: no checkpoint) into each named part (``model=..., opt=...``: each
+    ``part.load_state_dict(state[name])``); returns the whole state (step, history, ...) or None if there is none."""
+    state = load_checkpoint(path) if path else None
+    if state is not None:
+        for name, part in parts.items():
+            part.load_state_dict(state[name])
+    return state

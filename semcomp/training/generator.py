@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..heads.generate import EmbeddingConditionedUNet, GeneratorConfig, diffusion_loss, images_to_model, make_scheduler
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import restore_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -47,11 +47,8 @@ def train_generator(images: torch.Tensor, embeds: torch.Tensor, cfg: GeneratorCo
     sched = make_scheduler(cfg, "ddpm")
     sched.alphas_cumprod = sched.alphas_cumprod.to(device)
     start, history = 0, {"losses": [], "steps": 0, "seconds": 0.0}
-    state = load_checkpoint(ckpt_path) if ckpt_path else None
+    state = restore_checkpoint(ckpt_path, model=model, ema=ema, opt=opt)
     if state is not None:
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
         start, history = state["step"], state["history"]
         torch.set_rng_state(state["rng"])
         logger.info("resumed generator training at step %d", start)

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import restore_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -83,11 +83,8 @@ def train_pixel_codec(model: nn.Module, images: torch.Tensor, loss_fn: nn.Module
     torch.manual_seed(seed)
     opt, aux_opt = _optimizers(model, lr, aux_lr)
     start, history = 0, {"log": [], "steps": 0, "seconds": 0.0}
-    state = load_checkpoint(ckpt_path) if ckpt_path else None
+    state = restore_checkpoint(ckpt_path, model=model, opt=opt, aux_opt=aux_opt)
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        aux_opt.load_state_dict(state["aux_opt"])
         start, history = state["step"], state["history"]
         logger.info("resumed pixel-codec training at step %d", start)
     model.train()
