@@ -63,7 +63,9 @@ def grid_png(rows: dict[str, np.ndarray], path: Path, title: str) -> None:
             ax.set_yticks([])
             if j == 0:
                 ax.set_ylabel(label, fontsize=7)
-    fig.suptitle(title, fontsize=8)
+    import textwrap
+
+    fig.suptitle("\n".join(textwrap.wrap(title, 15 * n)), fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
