@@ -61,6 +61,10 @@ python -m semcomp.training.caption_lm --stage image --steps 30 --minutes 9 --thr
     --train-features "$FEAT/lite-train.safetensors"
 python -m semcomp.training.caption_lm --export weights/heads/semcomp-lite-smolcap --ckpt-dir "$CK"
 python -m semcomp.training.bridge --backbone $BB --train-shards 8
+# the one-pass generator on the backbone's own space (needs the tower cache of 24 train shards; 75 min, resumable)
+python -m semcomp.training.tower_features --tower efficientnet-lite0 --size 224 --split tin-train --shards 24
+python -m semcomp.training.feature_decoder --shards 24 --minutes 75 --threads 2 --ckpt-dir "$CACHE/feature-decoder-$SHA" \
+    --export weights/heads/semcomp-lite-decoder
 python -m semcomp.zoo stamp --backbone $BB weights/codecs/$BB/* weights/heads/semcomp-lite-*   # bind them to these weights
 
 # 7. the tables (rate_accuracy first: the app and later benches pick codecs from it)
@@ -77,6 +81,7 @@ python bench/progressive.py --part peers --codec none --train "$FEAT/lite-tin-tr
     --max-train 10000
 python bench/bridged_heads.py --features "$FEAT/lite-val.safetensors" --n 1000 --gen 10 --codecs fsq-c32l4 fsq-c128l4
 python bench/caption_lm.py --n 500 --n-decoded 200 --threads 2
+python bench/feature_decoder.py --features "$FEAT/lite-val.safetensors" --n 1000 --n-baseline 100
 python bench/pixel_vs_semantic.py --per-class 5 --jpeg-q 1,10,20,40,75 --webp-q 0,5,25,50,75 --keep-rd
 python bench/segment.py --n 500 --pairs 500
 python bench/compressed_domain.py --train "$FEAT/lite-tin-train.safetensors" --database 1000000 --queries 300 \
