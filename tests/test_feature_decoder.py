@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from semcomp.heads.feature_decoder import FeatureDecoderConfig, FeatureDecoderGenerator
 from semcomp.heads.generate import GeneratorError
-from semcomp.training.feature_decoder import PerceptualDistance, train_feature_decoder
+from semcomp.training.feature_decoder import PerceptualDistance, anneal_factor, train_feature_decoder
 
 TINY = FeatureDecoderConfig(embed_dim=12, image_size=32, channels=(16, 8), base_channels=16, groups=4, out_upsample=2,
                             backbone="semcomp-lite-clip")
@@ -44,6 +44,31 @@ def test_training_lowers_the_loss_and_resumes_exactly(tmp_path):
     assert hist2["steps"] == 60
     for a, b in zip(model.state_dict().values(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b)
+
+
+def test_jitter_and_anneal_resume_exactly(tmp_path):
+    images, embeds = tiny_data()
+    kw = dict(perceptual=tiny_perceptual(), batch_size=8, lr=3e-3, warmup=1, log_every=10, anneal=(10, 20), jitter=3)
+    model, _ = train_feature_decoder(images, embeds, TINY, steps=40, **kw)
+    ck = tmp_path / "ck.pt"
+    train_feature_decoder(images, embeds, TINY, steps=20, ckpt_path=ck, ckpt_every=10, **kw)
+    resumed, _ = train_feature_decoder(images, embeds, TINY, steps=40, ckpt_path=ck, ckpt_every=10, **kw)
+    for a, b in zip(model.state_dict().values(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b)
+
+
+def test_anneal_and_shift_are_what_they_say():
+    assert anneal_factor(5, None, 0.02) == 1.0
+    assert anneal_factor(10, (10, 20), 0.02) == 1.0
+    assert anneal_factor(20, (10, 20), 0.02) == pytest.approx(0.51)
+    assert anneal_factor(30, (10, 20), 0.02) == anneal_factor(99, (10, 20), 0.02) == pytest.approx(0.02)
+    per = tiny_perceptual()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    y = torch.rand(2, 3, 32, 32) * 2 - 1
+    # cropping the padded image back at (pad, pad) is no shift at all; another offset sees other pixels
+    torch.testing.assert_close(per(x, y, (4, 4, 4)), per(x, y))
+    assert not torch.allclose(per(x, y, (4, 0, 7)), per(x, y))
+    assert float(per(x, x, (4, 1, 6))) == 0.0
 
 
 def test_generate_is_one_deterministic_pass_and_checks_its_input():

@@ -19,6 +19,7 @@ import argparse
 import copy
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -56,9 +57,13 @@ class PerceptualDistance(nn.Module):
     def train(self, mode: bool = True):  # frozen BatchNorm statistics
         return super().train(False)
 
-    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """x in [-1, 1] (B, 3, H, W) -> the tapped maps, each unit length over channels."""
+    def features(self, x: torch.Tensor, shift: tuple[int, int, int] | None = None) -> list[torch.Tensor]:
+        """x in [-1, 1] (B, 3, H, W) -> the tapped maps, each unit length over channels. ``shift=(pad, dy, dx)``:
+        reflect-pad the resized image by ``pad`` and crop it back at offset (dy, dx)."""
         x = F.interpolate((x + 1) / 2, size=self.size, mode="bilinear", align_corners=False)
+        if shift is not None and shift[0] > 0:
+            pad, dy, dx = shift
+            x = F.pad(x, (pad,) * 4, mode="reflect")[:, :, dy : dy + self.size, dx : dx + self.size]
         x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
         out = []
         for i, layer in enumerate(self.layers):
@@ -67,18 +72,20 @@ class PerceptualDistance(nn.Module):
                 out.append(F.normalize(x, dim=1))
         return out
 
-    def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, target: torch.Tensor, shift: tuple[int, int, int] | None = None) -> torch.Tensor:
+        """``shift``: the same translation of both images (see :meth:`features`). Random shifts keep the decoder
+        from hiding a periodic pattern in the phases a strided network does not see (the grid artefact)."""
         with torch.no_grad():
-            ft = self.features(target)
-        return sum(((a - b) ** 2).sum(1).mean() for a, b in zip(self.features(x), ft))
+            ft = self.features(target, shift)
+        return sum(((a - b) ** 2).sum(1).mean() for a, b in zip(self.features(x, shift), ft))
 
 
 def decoder_loss(model: FeatureDecoder, perceptual: PerceptualDistance, images: torch.Tensor, embeds: torch.Tensor,
-                 perceptual_weight: float = 1.0) -> tuple[torch.Tensor, dict]:
+                 perceptual_weight: float = 1.0, shift: tuple[int, int, int] | None = None) -> tuple[torch.Tensor, dict]:
     """images in [-1, 1] (B, 3, S, S), embeds (B, E) -> (loss, {"l1", "perceptual"})."""
     out = model(embeds)
     l1 = (out - images).abs().mean()
-    per = perceptual(out, images)
+    per = perceptual(out, images, shift)
     return l1 + perceptual_weight * per, {"l1": l1.item(), "perceptual": per.item()}
 
 
@@ -87,8 +94,12 @@ def train_feature_decoder(images: torch.Tensor, embeds: torch.Tensor, cfg: Featu
                           time_budget_s: float | None = None, batch_size: int = 64, lr: float = 1e-3,
                           warmup: int = 200, ema_decay: float = 0.998, cond_noise: float = 0.03,
                           cond_noise_p: float = 0.5, perceptual_weight: float = 1.0, ckpt_path: str | Path | None = None,
-                          ckpt_every: int = 200, seed: int = 0, log_every: int = 50) -> tuple[FeatureDecoder, dict]:
+                          ckpt_every: int = 200, seed: int = 0, log_every: int = 50,
+                          anneal: tuple[int, int] | None = None, final_lr_fraction: float = 0.02,
+                          jitter: int = 0) -> tuple[FeatureDecoder, dict]:
     """images (N, S, S, 3) uint8; embeds (N, E) normalised. Stops after ``steps`` or ``time_budget_s``.
+    ``anneal=(from_step, n_steps)`` lowers the learning rate along a cosine from ``lr`` to
+    ``final_lr_fraction * lr`` over those steps (a function of the step alone, so resuming stays exact).
 
     Returns the EMA model and a history (``losses``: per log interval {step, l1, perceptual}; ``steps``,
     ``seconds``, ``images_seen``)."""
@@ -125,9 +136,10 @@ def train_feature_decoder(images: torch.Tensor, embeds: torch.Tensor, cfg: Featu
         if cond_noise > 0:
             sigma = torch.rand(batch_size, 1, generator=g) * cond_noise * (torch.rand(batch_size, 1, generator=g) < cond_noise_p)
             e = F.normalize(e + sigma * torch.randn(e.shape, generator=g), dim=-1)
-        for group in opt.param_groups:  # linear warm-up, then constant (the EMA does the averaging)
-            group["lr"] = lr * min(1.0, (step + 1) / warmup)
-        loss, parts = decoder_loss(model, perceptual, x, e, perceptual_weight)
+        for group in opt.param_groups:  # linear warm-up, then constant (the EMA averages) until an optional anneal
+            group["lr"] = lr * min(1.0, (step + 1) / warmup) * anneal_factor(step, anneal, final_lr_fraction)
+        shift = (jitter, *torch.randint(0, 2 * jitter + 1, (2,), generator=g).tolist()) if jitter > 0 else None
+        loss, parts = decoder_loss(model, perceptual, x, e, perceptual_weight, shift)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -148,6 +160,14 @@ def train_feature_decoder(images: torch.Tensor, embeds: torch.Tensor, cfg: Featu
             checkpoint()
     checkpoint()
     return ema.eval(), history
+
+
+def anneal_factor(step: int, anneal: tuple[int, int] | None, final_fraction: float) -> float:
+    """1 before ``anneal[0]``; a cosine down to ``final_fraction`` over ``anneal[1]`` steps; then flat."""
+    if anneal is None:
+        return 1.0
+    t = min(1.0, max(0.0, (step - anneal[0]) / max(1, anneal[1])))
+    return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * t))
 
 
 def load_training_pairs(backbone_name: str, shards: int, split_name: str = "tiny-imagenet", classes: str = "train"):
@@ -191,6 +211,11 @@ def main(argv=None) -> None:
     ap.add_argument("--ckpt-dir", default=str(Path.home() / ".cache" / "semcomp" / "feature-decoder"))
     ap.add_argument("--export", help="after training, write the EMA decoder as a head folder here")
     ap.add_argument("--channels", default="192,128,64")
+    ap.add_argument("--anneal", nargs=2, type=int, metavar=("FROM_STEP", "STEPS"),
+                    help="cosine-anneal the learning rate to 2%% of --lr over STEPS steps from FROM_STEP")
+    ap.add_argument("--card-note", default="", help="recorded in the exported card (e.g. the earlier runs resumed from)")
+    ap.add_argument("--jitter", type=int, default=0,
+                    help="shift both images by up to this many pixels (of 112) before the perceptual loss")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -200,7 +225,8 @@ def main(argv=None) -> None:
                                backbone=args.backbone)
     ckpt = Path(args.ckpt_dir) / "latest.pt"
     model, hist = train_feature_decoder(images, embeds, cfg, steps=args.steps, time_budget_s=args.minutes * 60,
-                                        batch_size=args.batch_size, lr=args.lr, ckpt_path=ckpt)
+                                        batch_size=args.batch_size, lr=args.lr, ckpt_path=ckpt,
+                                        anneal=tuple(args.anneal) if args.anneal else None, jitter=args.jitter)
     Path(args.ckpt_dir, "history.json").write_text(json.dumps(hist, indent=1))
     logger.info("stopped at step %d after %.0f s in all", hist["steps"], hist["seconds"])
     if args.export:
@@ -213,6 +239,9 @@ def main(argv=None) -> None:
                                       "(BSD-3), training only",
                 "steps": hist["steps"], "batch_size": args.batch_size, "images_seen": hist["images_seen"],
                 "wall_time_s": round(hist["seconds"], 1), "final_losses": hist["losses"][-1] if hist["losses"] else None,
+                "lr_schedule": f"AdamW {args.lr:g}, 200-step warm-up, constant"
+                               + (f", cosine to 2% over steps {args.anneal[0]}-{sum(args.anneal)}" if args.anneal else ""),
+                "perceptual_jitter_px": args.jitter, **({"note": args.card_note} if args.card_note else {}),
                 "threads": args.threads, "backbone_sha256": bb.weights_sha256,
                 "command": "python -m semcomp.training.feature_decoder " + " ".join(argv or __import__("sys").argv[1:])}
         FeatureDecoderGenerator(model.float()).save_pretrained(args.export, card)
