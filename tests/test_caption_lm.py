@@ -234,6 +234,11 @@ def test_lookup_decoding_gives_greedy_tokens_in_fewer_passes():
             assert got == ref
             assert passes <= len(got)  # one prompt pass, then at most one pass per further token
             saved += len(got) - passes
+        # a first draft checked in the prompt's pass: the right guess costs one pass, a wrong one changes nothing
+        got, passes = greedy_with_lookup(cap.lm, x, context, 6, 2, no_repeat_ngram=3, first_draft=ref)
+        assert got == ref and (passes == 1 or len(ref) == 6 and ref[-1] != 2)
+        for guess in ([5, 5, 5, 2], ref[:-1] + [(ref[-1] + 1) % 8], [ref[0]] * 9):
+            assert greedy_with_lookup(cap.lm, x, context, 6, 2, no_repeat_ngram=3, first_draft=guess)[0] == ref
     assert saved > 0  # some drafts were accepted
     with pytest.raises(ValueError, match="one item"):
         greedy_with_lookup(cap.lm, torch.zeros(2, 3, 32), context, 6, 2)

@@ -214,6 +214,7 @@ class LMCaptioner:
             raise CaptionError(f"config asks for {self.cfg.prompt_pool} prompt sentences, got {len(self.prompts)}")
         self._prompt_ids: dict[int, list[int]] = {}
         self._draft_ends: dict[int, frozenset[int]] = {}
+        self._first_draft: dict[int, list[int]] = {}
 
     @classmethod
     def new(cls, cfg: LMCaptionConfig, prompts: list[str] | None = None) -> "LMCaptioner":
@@ -334,7 +335,7 @@ class LMCaptioner:
                 project: bool = True, lookup: bool = True) -> list[str]:
         """Greedy (beam=1) or beam-search captions, one per embedding; deterministic. Greedy captions go one item
         at a time with prompt-lookup drafts (:mod:`semcomp.heads.lookup_decoding`: the same tokens, 2-3x fewer
-        LM passes when a caption copies the retrieved sentence); ``lookup=False`` uses transformers' generate."""
+        LM passes when a caption copies the retrieved sentence: it is checked whole in the prompt's pass); ``lookup=False`` uses transformers' generate."""
         embeds = self.check(embeds, backbone)
         if beam == 1 and lookup:
             return [self._greedy_lookup(e[None], project, max_tokens) for e in embeds]
@@ -356,7 +357,9 @@ class LMCaptioner:
         context = self.prompt_ids(i) if i is not None else []
         if i not in self._draft_ends:  # drafts stop at a full stop: the prompt's tokens holding one, once per prompt
             self._draft_ends[i] = frozenset(t for t in context if "." in self.tokenizer.decode([t]))
-        ends = self._draft_ends[i]
+            # most captions copy the retrieved sentence: check it whole in the prompt's pass
+            self._first_draft[i] = self.encode_text(self.prompts[i]) if i is not None else []
         tokens, _ = greedy_with_lookup(self.lm, x, context, max_tokens or self.cfg.max_tokens, self.cfg.eos_id,
-                                       no_repeat_ngram=NO_REPEAT_NGRAM, draft_ends=ends)
+                                       no_repeat_ngram=NO_REPEAT_NGRAM, draft_ends=self._draft_ends[i],
+                                       first_draft=self._first_draft[i])
         return self._text(tokens)

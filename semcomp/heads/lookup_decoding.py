@@ -6,7 +6,8 @@ shows") and its captions often copy stretches of it, so the tokens that followed
 the context are proposed as a draft and checked in one pass (prompt-lookup decoding, Saxena 2023; the
 verification is that of speculative decoding, Leviathan et al. 2023). Every emitted token is the greedy choice
 given the tokens before it: the output is greedy decoding's, up to float rounding (a pass over several tokens
-sums in another order than one over one token).
+sums in another order than one over one token). A first guess at the whole caption (the retrieved sentence)
+can ride along in the prompt's own pass, so a caption that copies it costs one pass in all.
 
 Written here because transformers' prompt-lookup path needs ``input_ids`` for the whole context, and this
 context starts with mapper-made prefix embeddings that have no ids.
@@ -63,37 +64,50 @@ def _cache_of(out):
     return out.cache if "cache" in getattr(out, "keys", lambda: [])() else out.past_key_values
 
 
+def _accept(step_logits: torch.Tensor, draft: list[int], tokens: list[int], no_repeat_ngram: int, eos_id: int,
+            max_new_tokens: int) -> tuple[int, bool]:
+    """Append to ``tokens`` the longest prefix of ``draft`` that greedy decoding would have chosen
+    (``step_logits[j]`` are the logits that choose draft position j). Returns (accepted, finished)."""
+    for j, d in enumerate(draft):
+        if pick(step_logits[j], tokens, no_repeat_ngram) != d:
+            return j, False
+        tokens.append(d)
+        if d == eos_id or len(tokens) >= max_new_tokens:
+            return j + 1, True
+    return len(draft), False
+
+
 @torch.inference_mode()
 def greedy_with_lookup(lm, inputs_embeds: torch.Tensor, context_ids: list[int], max_new_tokens: int, eos_id: int,
                        no_repeat_ngram: int = 3, draft_len: int = 8,
-                       draft_ends: frozenset[int] = frozenset()) -> tuple[list[int], int]:
+                       draft_ends: frozenset[int] = frozenset(),
+                       first_draft: list[int] | tuple[int, ...] = ()) -> tuple[list[int], int]:
     """Greedy tokens (ending with eos if it came) for ONE item (``inputs_embeds`` (1, T, W), no padding), and the
     number of LM forward passes it took. ``context_ids``: the token ids the drafts are looked up in (the prompt);
-    ``draft_ends``: tokens a draft stops after (see :func:`lookup_draft`)."""
+    ``draft_ends``: tokens a draft stops after (see :func:`lookup_draft`); ``first_draft``: a guess at the whole
+    caption (e.g. the retrieved sentence and eos), checked in the prompt's own pass, so a caption that copies it
+    costs one pass instead of two."""
     if inputs_embeds.ndim != 3 or inputs_embeds.shape[0] != 1:
         raise ValueError(f"greedy_with_lookup decodes one item: inputs_embeds must be (1, T, W), got {tuple(inputs_embeds.shape)}")
     kv = _cache_kwarg(lm)
-    out = lm(inputs_embeds=inputs_embeds, use_cache=True, logits_to_keep=1)  # the prompt's last logits only
-    cache, logits, passes = _cache_of(out), out.logits[0, -1], 1
-    start = inputs_embeds.shape[1]
     emb = lm.get_input_embeddings()
+    start = inputs_embeds.shape[1]
+    draft = list(first_draft)[:max_new_tokens]
+    feed = torch.cat([inputs_embeds, emb(torch.tensor([draft])).to(inputs_embeds.dtype)], 1) if draft else inputs_embeds
+    out = lm(inputs_embeds=feed, use_cache=True, logits_to_keep=len(draft) + 1)  # the prompt's last logits on
+    cache, step_logits, passes = _cache_of(out), out.logits[0], 1
     tokens: list[int] = []
     while True:
-        tokens.append(pick(logits, tokens, no_repeat_ngram))
+        # here every token in ``tokens`` and the whole draft are in the cache; step_logits[j] choose draft position j
+        accepted, done = _accept(step_logits, draft, tokens, no_repeat_ngram, eos_id, max_new_tokens)
+        if done:
+            return tokens, passes
+        if accepted < len(draft):  # forget the rejected draft positions (a negative crop: remove that many)
+            cache.crop(start + len(tokens) - cache.get_seq_length())
+        tokens.append(pick(step_logits[accepted], tokens, no_repeat_ngram))
         if tokens[-1] == eos_id or len(tokens) >= max_new_tokens:
             return tokens, passes
         draft = lookup_draft(context_ids, tokens, min(draft_len, max_new_tokens - len(tokens)), ends=draft_ends)
-        feed = torch.tensor([[tokens[-1]] + draft])
-        out = lm(inputs_embeds=emb(feed).to(inputs_embeds.dtype), use_cache=True, **{kv: cache})
+        out = lm(inputs_embeds=emb(torch.tensor([[tokens[-1]] + draft])).to(inputs_embeds.dtype), use_cache=True,
+                 **{kv: cache})
         cache, step_logits, passes = _cache_of(out), out.logits[0], passes + 1
-        accepted = 0
-        for j, d in enumerate(draft):  # keep the draft while it is what greedy decoding would have chosen
-            if pick(step_logits[j], tokens, no_repeat_ngram) != d:
-                break
-            tokens.append(d)
-            accepted += 1
-            if d == eos_id or len(tokens) >= max_new_tokens:
-                return tokens, passes
-        if accepted < len(draft):  # forget the rejected draft positions (a negative crop: remove that many)
-            cache.crop(start + len(tokens) - cache.get_seq_length())
-        logits = step_logits[accepted]
