@@ -114,11 +114,13 @@ def latency(head, x: torch.Tensor, n: int = 16) -> dict:
         caps = [head.caption(x[i : i + 1], **kw)[0] for i in range(n)]
         return round(1000 * (time.perf_counter() - t0) / n, 1), caps
 
-    ms, caps = timed()
-    out = {"ms_per_caption_greedy": ms, "captions": n, "torch_threads": torch.get_num_threads()}
     from semcomp.heads.caption_lm import LMCaptioner
 
+    passes0 = getattr(head, "lm_passes", 0)
+    ms, caps = timed()
+    out = {"ms_per_caption_greedy": ms, "captions": n, "torch_threads": torch.get_num_threads()}
     if isinstance(head, LMCaptioner):
+        out["lm_passes_per_caption"] = round((head.lm_passes - passes0) / (n + 1), 2)  # n timed + 1 warm-up
         out["ms_per_caption_generate"], ref = timed(lookup=False)
         out["same_captions_as_generate"] = sum(a == b for a, b in zip(caps, ref))
     return out

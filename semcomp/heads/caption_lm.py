@@ -215,6 +215,7 @@ class LMCaptioner:
         self._prompt_ids: dict[int, list[int]] = {}
         self._draft_ends: dict[int, frozenset[int]] = {}
         self._first_draft: dict[int, list[int]] = {}
+        self.lm_passes = 0  # LM forward passes of the greedy drafted path so far (benches read it)
 
     @classmethod
     def new(cls, cfg: LMCaptionConfig, prompts: list[str] | None = None) -> "LMCaptioner":
@@ -359,7 +360,8 @@ class LMCaptioner:
             self._draft_ends[i] = frozenset(t for t in context if "." in self.tokenizer.decode([t]))
             # most captions copy the retrieved sentence: check it whole in the prompt's pass
             self._first_draft[i] = self.encode_text(self.prompts[i]) if i is not None else []
-        tokens, _ = greedy_with_lookup(self.lm, x, context, max_tokens or self.cfg.max_tokens, self.cfg.eos_id,
-                                       no_repeat_ngram=NO_REPEAT_NGRAM, draft_ends=self._draft_ends[i],
-                                       first_draft=self._first_draft[i])
+        tokens, passes = greedy_with_lookup(self.lm, x, context, max_tokens or self.cfg.max_tokens, self.cfg.eos_id,
+                                            no_repeat_ngram=NO_REPEAT_NGRAM, draft_ends=self._draft_ends[i],
+                                            first_draft=self._first_draft[i])
+        self.lm_passes += passes
         return self._text(tokens)
