@@ -7,7 +7,8 @@ top-1 / top-5, split into the 160 classes the decoder trained on and the 40 it n
 assets/splits/tiny-imagenet.json), with binomial standard errors; cosine(generated, source). The backbone's
 tower (EfficientNet-Lite0) never took part in the decoder's training (its perceptual loss is MobileNetV2's), so
 the judge is not the loss. Rows for reference: the real 64 px val images (the ceiling) and the bridged
-diffusion generator (``--n-baseline`` images, 20 steps). Also: CPU seconds per image, and a grid.
+diffusion generator (``--n-baseline`` images, 20 steps). Also: CPU seconds per image, the share of spectral
+power on a 4-pixel lattice (the grid artefact; real images as reference), and a grid.
 
     python bench/feature_decoder.py --features ~/.cache/semcomp/features/lite-val.safetensors --n 1000
 """
@@ -45,6 +46,18 @@ def scores(z: torch.Tensor, text: torch.Tensor, y: torch.Tensor, source: torch.T
             out[f"{k}_{name}_se"] = round(100 * (p * (1 - p) / max(n, 1)) ** 0.5, 1)
         out[f"n_{name}"] = int(m.sum())
     return out
+
+
+def lattice_power(images: np.ndarray) -> float:
+    """Share (%) of the images' non-DC spectral power (grey, each image's mean removed) at the 15 frequencies of a
+    period-4 and period-2 pixel lattice (multiples of S/4 on both axes): the grid artefact a decoder with
+    stride-2 upsampling can leave. Natural images put very little there."""
+    g = images.astype(np.float64).mean(-1)
+    g -= g.mean((1, 2), keepdims=True)
+    power = (np.abs(np.fft.fft2(g)) ** 2).sum(0)
+    s = g.shape[1] // 4
+    lattice = power[::s, ::s].sum() - power[0, 0]
+    return round(float(100 * lattice / (power.sum() - power[0, 0])), 3)
 
 
 def grid_png(rows: dict[str, np.ndarray], path: Path, title: str) -> None:
@@ -104,13 +117,15 @@ def main() -> None:
            "data": f"Tiny-ImageNet val, first {a.n} images (64 px), features {Path(a.features).name}",
            "judge": "semcomp-lite-clip zero-shot over the 200 class names, 'a photo of a {}.'", "results": {}}
     real = features_from_uint8(bb, val.images[: a.n])
-    res["results"]["real val images (ceiling)"] = scores(real, text, y, x, seen)
+    res["results"]["real val images (ceiling)"] = scores(real, text, y, x, seen) | {
+        "lattice_power_pct": lattice_power(val.images[: a.n])}
     images = {}
     for k, v in conds.items():
         t0 = time.perf_counter()
         images[k] = gen.generate(v)
         sec = time.perf_counter() - t0
-        res["results"][f"decoder, {k}"] = scores(features_from_uint8(bb, images[k]), text, y, x, seen) | {"generate_s": round(sec, 2)}
+        res["results"][f"decoder, {k}"] = scores(features_from_uint8(bb, images[k]), text, y, x, seen) | {
+            "generate_s": round(sec, 2), "lattice_power_pct": lattice_power(images[k])}
         print(k, res["results"][f"decoder, {k}"], flush=True)
     if a.n_baseline:
         from semcomp.receiver import _load_head_folder
@@ -119,7 +134,7 @@ def main() -> None:
         nb = a.n_baseline
         base = np.concatenate([bridged.generate(x[i : i + 25], steps=20, guidance=3.0, seed=i) for i in range(0, nb, 25)])
         res["results"]["bridged diffusion (semcomp-lite-unclip, 20 steps), float"] = scores(
-            features_from_uint8(bb, base), text, y[:nb], x[:nb], seen[:nb])
+            features_from_uint8(bb, base), text, y[:nb], x[:nb], seen[:nb]) | {"lattice_power_pct": lattice_power(base)}
         res["results"]["decoder, float, same images as the bridged row"] = scores(
             features_from_uint8(bb, images["float"][:nb]), text, y[:nb], x[:nb], seen[:nb])
         images["bridged diffusion"] = base
