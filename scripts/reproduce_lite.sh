@@ -63,8 +63,10 @@ python -m semcomp.training.caption_lm --export weights/heads/semcomp-lite-smolca
 python -m semcomp.training.bridge --backbone $BB --train-shards 8
 # the one-pass generator on the backbone's own space (needs the tower cache of 24 train shards; 75 min, resumable)
 python -m semcomp.training.tower_features --tower efficientnet-lite0 --size 224 --split tin-train --shards 24
-python -m semcomp.training.feature_decoder --shards 24 --minutes 75 --threads 2 --ckpt-dir "$CACHE/feature-decoder-$SHA" \
-    --export weights/heads/semcomp-lite-decoder
+# (two runs, as shipped: 75 min at a constant rate, then 100 min resumed with perceptual jitter and a cosine anneal)
+python -m semcomp.training.feature_decoder --shards 24 --minutes 75 --threads 2 --ckpt-dir "$CACHE/feature-decoder-$SHA"
+python -m semcomp.training.feature_decoder --shards 24 --minutes 100 --threads 2 --ckpt-dir "$CACHE/feature-decoder-$SHA" \
+    --anneal 2719 2900 --jitter 16 --export weights/heads/semcomp-lite-decoder
 python -m semcomp.zoo stamp --backbone $BB weights/codecs/$BB/* weights/heads/semcomp-lite-*   # bind them to these weights
 
 # 7. the tables (rate_accuracy first: the app and later benches pick codecs from it)

@@ -8,10 +8,14 @@ the judge's own features would teach the decoder to please the judge rather than
 Only the codec split's training classes are used (``assets/splits/tiny-imagenet.json``, 160 of 200), so the
 40 unseen classes measure how the decoder generalises. The conditioning embedding gets noise of a random size
 half the time (as ``training/generator.py`` does) so decoded features from a codec look familiar.
-Resumable: a killed run restarts from its last checkpoint and draws the same batches. Usage::
+Two things matter beyond the loss (measured in the README): shifting both images by the same random offset
+before the perceptual network (``--jitter``), without which the decoder hides a 2-4 pixel grid pattern in the
+phases the strided network does not see; and a final cosine anneal of the learning rate (``--anneal``).
+Resumable: a killed run restarts from its last checkpoint and draws the same batches. The shipped head::
 
-    python -m semcomp.training.feature_decoder --shards 16 --minutes 60 --threads 2 \
-        --ckpt-dir ~/.cache/semcomp/feature-decoder --export weights/heads/semcomp-lite-decoder
+    python -m semcomp.training.feature_decoder --shards 24 --minutes 75 --threads 2
+    python -m semcomp.training.feature_decoder --shards 24 --minutes 100 --threads 2 --anneal 2719 2900 \
+        --jitter 16 --export weights/heads/semcomp-lite-decoder
 """
 from __future__ import annotations
 
