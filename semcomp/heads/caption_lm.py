@@ -335,8 +335,9 @@ class LMCaptioner:
     def caption(self, embeds, beam: int = 1, max_tokens: int | None = None, backbone: str | None = None,
                 project: bool = True, lookup: bool = True) -> list[str]:
         """Greedy (beam=1) or beam-search captions, one per embedding; deterministic. Greedy captions go one item
-        at a time with prompt-lookup drafts (:mod:`semcomp.heads.lookup_decoding`: the same tokens, 2-3x fewer
-        LM passes when a caption copies the retrieved sentence: it is checked whole in the prompt's pass); ``lookup=False`` uses transformers' generate."""
+        at a time with prompt-lookup drafts (:mod:`semcomp.heads.lookup_decoding`: the same tokens; one LM pass
+        when a caption copies the retrieved sentence, which is checked whole in the prompt's pass);
+        ``lookup=False`` uses transformers' generate."""
         embeds = self.check(embeds, backbone)
         if beam == 1 and lookup:
             return [self._greedy_lookup(e[None], project, max_tokens) for e in embeds]
