@@ -80,6 +80,28 @@ def test_truncate_round_trips(prq, data):
     assert np.array_equal(codec.decompress_symbols(semcomp.truncate(blob, 12)), codec.encode(data[:7])[:, :3].numpy())
 
 
+def test_greedy_encode_is_stage_by_stage_nearest_codeword(prq, data):
+    """The shared stages' Gram-matrix score updates pick what the plain residual loop picks, stage by stage."""
+    codec, _ = prq
+    s = codec.encode(data, stages=6)
+    r = data - codec.bias.detach()
+    for j, table in enumerate(torch.from_numpy(codec.additive_codebooks())):  # (K, D) per stage, scales applied
+        d2 = torch.cdist(r, table) ** 2  # (N, K)
+        picked = d2.gather(1, s[:, j : j + 1])[:, 0]
+        assert (picked <= d2.min(1).values + 1e-4).all(), f"stage {j}: not the nearest codeword"
+        r = r - table[s[:, j]]
+    # a parameter change invalidates the cached Gram matrix: a different shared book gives different codes
+    before = codec.encode(data[:50]).clone()
+    with torch.no_grad():
+        codec.shared.mul_(-1)
+    try:
+        assert not torch.equal(codec.encode(data[:50]), before)
+    finally:
+        with torch.no_grad():
+            codec.shared.mul_(-1)
+    assert torch.equal(codec.encode(data[:50]), before)
+
+
 def test_beam_search_never_loses_to_greedy_at_full_depth(prq, data):
     codec, _ = prq
     x = data[:100]

@@ -27,6 +27,7 @@ from ..entropy import CODER_IDS, EntropyCodingError, raw_decode, raw_encode
 from .base import CHUNK, Codec, CodecError, require_power_of_two
 
 MAX_BEAM = 64
+SHARED_BLOCK = 1024  # items whose (n, K) shared-stage scores stay in cache (measured fastest of 256..4096)
 
 
 class ProgressiveRQ(Codec):
@@ -138,13 +139,22 @@ class ProgressiveRQ(Codec):
         return self.bias + F.embedding_bag(s + torch.arange(m) * k, tables, mode="sum")
 
     def _flat_tables(self) -> torch.Tensor:
-        """(s K, D) the materialised stage tables, rebuilt only when a parameter changed (its version counter)."""
+        """(s K, D) the materialised stage tables, rebuilt only when a parameter changed."""
+        return self._cached("_tables", lambda: self.stage_codebooks().reshape(-1, self.dim))
+
+    def _shared_gram(self) -> torch.Tensor:
+        """(K, K) the shared codebook's Gram matrix S S^T: the greedy encoder's shared stages update their scores
+        with its rows instead of a D-wide product per stage."""
+        return self._cached("_gram", lambda: self.shared[0] @ self.shared[0].T)
+
+    def _cached(self, name: str, build) -> torch.Tensor:
+        """``build()``, detached, kept until a parameter changes (its storage or version counter)."""
         key = tuple((p.data_ptr(), p._version) for p in (self.books, self.shared, self.scales))
-        if getattr(self, "_tables_key", None) != key:
+        cache = self.__dict__.setdefault("_cache", {})
+        if cache.get(name, (None,))[0] != key:
             with torch.no_grad():
-                self._tables = self.stage_codebooks().detach().reshape(-1, self.dim).clone()
-            self._tables_key = key
-        return self._tables
+                cache[name] = (key, build().detach().clone())
+        return cache[name][1]
 
     def prefix_decodes(self, s: torch.Tensor, cuts: list[int]) -> torch.Tensor:
         """Training path: un-normalised decodes of the first ``c`` stages for each cut c, (len(cuts), N, D),
@@ -204,17 +214,32 @@ def check_beam(beam) -> int:
 
 
 def greedy_encode(codec: ProgressiveRQ, x: torch.Tensor, m: int) -> torch.Tensor:
-    """Stage by stage, the codeword nearest the residual: (N, m) int64."""
+    """Stage by stage, the codeword nearest the residual: (N, m) int64.
+
+    The own stages score the residual against their book (a D-wide product each). The shared stages all use ONE
+    book S, so the scores <r, S_k> are computed once and then updated exactly: taking codeword i with scale a
+    changes them by -a <S_i, S_k>, a row of the Gram matrix S S^T. That turns each shared stage's N x K x D
+    product into an N x K row update (the 1024-bit code: 33 products instead of 128)."""
     r = x - codec.bias  # (N, D)
     out = torch.empty(len(x), m, dtype=torch.long)
-    for j, (book, scale) in enumerate(codec._stages(m)):
-        norms = (book * book).sum(1)  # (K,)
-        sc = r @ book.T  # (N, K)
-        if scale is not None:  # ||r - a c||^2 = ||r||^2 - 2 a r.c + a^2 ||c||^2
-            sc, norms = scale * sc, scale * scale * norms
-        idx = (norms[None] - 2 * sc).argmin(1)
+    o = codec.params["o"]
+    for j in range(min(m, o)):
+        book = codec.books[j]  # (K, D)
+        idx = ((book * book).sum(1)[None] - 2 * (r @ book.T)).argmin(1)
         out[:, j] = idx
-        r = r - (book[idx] if scale is None else scale * book[idx])
+        r = r - book[idx]
+    if m > o:
+        gram = codec._shared_gram()  # (K, K)
+        half_norms = gram.diagonal() / 2
+        scales = codec.scales[: m - o].tolist()
+        for i in range(0, len(r), SHARED_BLOCK):
+            dots = r[i : i + SHARED_BLOCK] @ codec.shared[0].T  # (n, K): <r, S_k>
+            for j, a in enumerate(scales, start=o):
+                # ||r - a S_k||^2 = ||r||^2 - 2a (<r, S_k> - a ||S_k||^2 / 2): nearest = arg-max of the bracket if a > 0
+                t = torch.add(dots, half_norms, alpha=-a)
+                idx = t.argmax(1) if a > 0 else t.argmin(1)
+                out[i : i + SHARED_BLOCK, j] = idx
+                dots.sub_(gram.index_select(0, idx), alpha=a)
     return out
 
 
