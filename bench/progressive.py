@@ -361,7 +361,7 @@ def summarise(rows, method):
     for (bits, spec), v in by.items():
         mean = float(np.mean(v))
         if bits not in best or mean > best[bits][0]:
-            best[bits] = (mean, float(np.std(v)) if len(v) > 1 else None, len(v), spec)
+            best[bits] = (mean, float(np.std(v, ddof=1)) if len(v) > 1 else None, len(v), spec)  # sample std
     return best
 
 
@@ -383,7 +383,7 @@ def write_markdown(rep, name):
     fmt = lambda v: "–" if v is None else (f"{100 * v[0]:.1f}" + (f" ± {100 * v[1]:.1f}" if v[1] is not None else ""))
     lines = [f"{rep['data']}. Float feature: top-1 {100 * rep['float']['top1']:.1f} %. Codec `{rep['codec']}` "
              f"({rep['codec_card']}" + (f"; {len(rep['codec_seeds'])} seeds of it: prq ± is their std" if rep.get("codec_seeds") else "")
-             + "). Top-1 % zero-shot on the unseen classes; ± is the std over seeds (peers, where run); "
+             + "). Top-1 % zero-shot on the unseen classes; ± is the sample standard deviation over seeds (peers, where run); "
              f"the test set's standard error is ±{100 * math.sqrt(0.25 / n):.1f} points at most (binomial, {n} items).", "",
              "| bits | prq (greedy) | prq (beam) | best peer | best semcomp ladder | " + " | ".join(peers) + " |",
              "|---:|---:|---:|---|---|" + "---:|" * len(peers)]
