@@ -47,7 +47,7 @@ for s in $SPECS; do
 done
 # 5. the progressive codec (every budget from one model) on the 36 shards' training classes: three seeds of one
 # recipe (first stage kept at its k-means, 35 minutes each, one thread each, two at a time); seed 0 ships, chosen
-# before any was measured (the README's "Three seeds")
+# before any was measured (README: "One progressive model at every budget")
 for seed in 0 1 2; do
   [ -f "$CACHE/codecs-frozen/seed$seed/prq-s128o32k256/model.safetensors" ] || semcomp -v train --spec prq-s128o32k256 \
       --features "$FEAT/lite-tin-train.safetensors" --split-name tiny-imagenet --prq-init-beam 5 --prq-frozen-stages 1 \
