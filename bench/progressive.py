@@ -227,7 +227,8 @@ def main():
     rows = []
     xt, tt = torch.from_numpy(x_te), torch.from_numpy(np.ascontiguousarray(text, dtype=np.float32))
     for path, one in zip(a.codec, codecs):  # each progressive model, cut at every budget
-        seed = json.loads((Path(path) / "card.json").read_text()).get("seed")
+        card = json.loads((Path(path) / "card.json").read_text())
+        seed = card.get("seed")
         for bits in a.budgets:
             m = one.stages_for_bits(bits)
             for beam in sorted({1, a.beam} if bits <= a.beam_max else {1}):
@@ -235,7 +236,7 @@ def main():
                 rec = one.decode(one.encode(xt, stages=m, beam=beam)).numpy()
                 r = evaluate(f"semcomp prq (beam {beam})" if beam > 1 else "semcomp prq", one.spec, bits, rec, x_te, y_te, text,
                              one.decode(one.encode(tt, stages=m, beam=beam)).numpy())
-                r.update(encode_s=round(time.time() - t0, 2), seed=seed, codec_path=str(path))
+                r.update(encode_s=round(time.time() - t0, 2), seed=seed, codec_path=str(path), codec_sha256=card.get("sha256"))
                 rows.append(r)
                 print(r, flush=True)
     for bits in a.budgets if a.part != "prq" else []:

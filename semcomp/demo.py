@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 RATE_RESULTS = ROOT / "bench" / "results" / "rate_accuracy.json"
 # the shipped progressive model's measured curve (bench/progressive.py --part prq): one model, every cut
-PROGRESSIVE_RESULTS = ROOT / "bench" / "results" / "progressive_beaminit_prq.json"
+PROGRESSIVE_RESULTS = ROOT / "bench" / "results" / "progressive_frozen_prq.json"  # rows carry each codec's sha256
 
 CODERS = ("auto", "ans", "huffman", "raw")
 CUSTOM = "Custom"
@@ -397,7 +397,10 @@ class Demo:
         rep = self.rate_report
         rows = best_per_budget([r for r in rep["results"] if r["family"] == family])  # one point per budget
         prog = self.progressive_report
-        cuts = [r for r in prog.get("results", []) if r.get("method") == "semcomp prq" and r.get("spec") == spec]
+        # the measured cuts of exactly these weights (the bench measures several seeds of a recipe)
+        sha = next((c["card"].get("sha256") for c in self.codecs if c["spec"] == spec), None)
+        cuts = [r for r in prog.get("results", []) if r.get("method") == "semcomp prq" and r.get("spec") == spec
+                and sha is not None and r.get("codec_sha256") == sha]
         if self.is_progressive(family) and cuts:  # the model's own cuts, greedy encoding as the app sends
             cuts.sort(key=lambda r: r["bits"])
             ax.plot([r["bits"] for r in cuts], [100 * r["top1"] for r in cuts], "o-", label=f"{spec}, cut")
