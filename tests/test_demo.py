@@ -238,3 +238,21 @@ def test_a_backbone_without_codecs_stops_before_any_download():
     from semcomp.backbone import EMBEDDED_DEFAULT
 
     assert check_backbone(EMBEDDED_DEFAULT)
+
+
+def test_progressive_curve_plots_only_the_shipped_weights_cuts():
+    """The bench measures several seeds of one recipe; the page's curve must be the loaded weights' own cuts."""
+    from types import SimpleNamespace
+
+    def row(bits, top1, sha):
+        return {"method": "semcomp prq", "spec": "prq-s4o2k256", "bits": bits, "top1": top1, "codec_sha256": sha}
+
+    prog = {"float": {"top1": 0.8}, "test_items": 10,
+            "results": [row(8, 0.40, "aa"), row(16, 0.50, "aa"), row(8, 0.45, "bb"), row(16, 0.55, "bb")]}
+    page = SimpleNamespace(rate_report={"results": []}, progressive_report=prog, is_progressive=lambda f: f == "prq",
+                           backbone=SimpleNamespace(name="test-backbone"),
+                           codecs=[{"spec": "prq-s4o2k256", "card": {"sha256": "bb"}}])
+    line = Demo._plot(page, "prq", "prq-s4o2k256", 16).axes[0].lines[0]
+    assert list(line.get_xdata()) == [8, 16] and list(line.get_ydata()) == pytest.approx([45.0, 55.0])
+    page.codecs = [{"spec": "prq-s4o2k256", "card": {"sha256": "cc"}}]  # weights nobody measured: no curve
+    assert "no measured curve" in Demo._plot(page, "prq", "prq-s4o2k256", 16).axes[0].get_title()
