@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import RESULTS, record  # noqa: E402
+from bench.common import RESULTS, record, timeit  # noqa: E402
 from bench.peers import FaissCodec, evaluate  # noqa: E402
 
 BUDGETS = (8, 16, 24, 32, 48, 64, 96, 128, 256, 384, 512, 768, 1024)
@@ -125,28 +125,18 @@ def seeded_fit(make, x_tr, seed: int, max_train: int):
     return c
 
 
-def best_time(fn, reps: int = 3):
-    """(seconds, result) of the fastest of ``reps`` calls after one warm-up call (caches, first-call costs)."""
-    out = fn()
-    best = math.inf
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
-
-
 def speed(codec, x_te: np.ndarray, bits: int) -> dict:
-    """Items/s on one core (fastest of 3 timed calls after a warm-up): prq greedy encode + decode at ``bits`` vs
-    FAISS PQ at the same bits."""
+    """Items/s on one core (``bench.common.timeit``: a warm-up call, then the mean over >= 1 s of calls): prq greedy
+    encode + decode at ``bits`` vs FAISS PQ at the same bits."""
     import faiss
 
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)
     x = torch.from_numpy(x_te)
     m = bits // codec.stage_bits
-    enc, s = best_time(lambda: codec.encode(x, stages=m))
-    dec, _ = best_time(lambda: codec.decode(s))
+    s = codec.encode(x, stages=m)
+    enc = timeit(lambda: codec.encode(x, stages=m))
+    dec = timeit(lambda: codec.decode(s))
     row = {"bits": bits, "items": len(x_te), "prq_encode_per_s": len(x_te) / enc, "prq_decode_per_s": len(x_te) / dec}
     # the same greedy residual search in FAISS's C++ (its ResidualQuantizer holding this codec's tables, beam 1):
     # what an RQ encoder of these codes costs there, and a check that both pick the same codewords
@@ -156,8 +146,8 @@ def speed(codec, x_te: np.ndarray, bits: int) -> dict:
     rq = index.rq
     rq.max_beam_size = 1
     xr = np.ascontiguousarray(x_te - codec.additive_bias(), dtype=np.float32)
-    t_rq, packed = best_time(lambda: rq.compute_codes(xr))
-    row["faiss_rq_same_codebooks_encode_per_s"] = len(x_te) / t_rq
+    packed = rq.compute_codes(xr)
+    row["faiss_rq_same_codebooks_encode_per_s"] = len(x_te) / timeit(lambda: rq.compute_codes(xr))
     ours = np.zeros_like(packed)
     rq.pack_codes(len(xr), faiss.swig_ptr(np.ascontiguousarray(s.numpy(), dtype=np.int32)), faiss.swig_ptr(ours))
     row["faiss_rq_same_codes_share"] = float((packed == ours).all(1).mean())
@@ -165,9 +155,9 @@ def speed(codec, x_te: np.ndarray, bits: int) -> dict:
         pq = FaissCodec(f"PQ{bits // 8}x8np", x_te.shape[1])
         pq.train(np.ascontiguousarray(x_te[:4000]))  # speed only: what it was fitted on does not matter
         xc = np.ascontiguousarray(x_te)
-        t_pq, codes = best_time(lambda: pq.index.sa_encode(xc))
-        row["faiss_pq_encode_per_s"] = len(x_te) / t_pq
-        row["faiss_pq_decode_per_s"] = len(x_te) / best_time(lambda: pq.index.sa_decode(codes))[0]
+        codes = pq.index.sa_encode(xc)
+        row["faiss_pq_encode_per_s"] = len(x_te) / timeit(lambda: pq.index.sa_encode(xc))
+        row["faiss_pq_decode_per_s"] = len(x_te) / timeit(lambda: pq.index.sa_decode(codes))
     return row
 
 
@@ -398,7 +388,7 @@ def write_markdown(rep, name):
         lines += ["", f"Peers: {rep['peers_partial']}."]
     if rep.get("partial"):
         lines += ["", f"prq: {rep['partial']}."]
-    lines += ["", "Speed on one core (items/s, the fastest of 3 timed calls after a warm-up; torch and faiss at 1 thread; prq greedy encode of the first bits/8 stages):", "",
+    lines += ["", "Speed on one core (items/s, mean over >= 1 s of calls after a warm-up; torch and faiss at 1 thread; prq greedy encode of the first bits/8 stages):", "",
               "| bits | prq encode | prq decode | FAISS RQ encode, same codebooks (same codes) | FAISS PQ encode | FAISS PQ decode |",
               "|---:|---:|---:|---:|---:|---:|"]
     for s in rep["speed_1thread"]:
