@@ -302,9 +302,12 @@ class LUTZeroShot:
         for i in range(0, len(c), CHUNK):
             cc = c[i : i + CHUNK]
             s = self._dots(cc)
-            v1, best = s.max(1)  # two max passes: cheaper than topk(2)
+            # numpy's row arg-max, then amax: torch's CPU max/argmax along rows ran 4-6x slower than both together
+            # (C = 200 / 1000, one thread; bench/compressed_domain.py), and topk(2) slower still
+            best = torch.from_numpy(s.numpy().argmax(1))
+            v1 = s.gather(1, best[:, None])[:, 0]
             s.scatter_(1, best[:, None], float("-inf"))
-            close = (v1 - s.max(1).values) < thr
+            close = (v1 - s.amax(1)) < thr
             if close.any():
                 rows = close.nonzero()[:, 0]
                 best[rows] = self._reference(cc[rows]).argmax(1)  # a receiver's argmax: the first of equal logits
