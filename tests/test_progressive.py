@@ -241,6 +241,39 @@ def test_faiss_residual_quantizer_init_gives_a_working_codec(data):
     assert all(b >= a - 1e-6 for a, b in zip(cos, cos[1:]))
 
 
+def test_training_prefix_decodes_equal_stage_by_stage_sums_and_their_gradients():
+    """The training step's stretch sums (embedding_bag) against the plain per-stage sum, values and gradients;
+    cut 5 spans own and shared stages, cut 7 ends inside the shared ones."""
+    from semcomp.training.progressive import _Tables
+
+    torch.manual_seed(0)
+    codec = create_codec("prq-s9o3k16", 8)
+    with torch.no_grad():
+        for p in (codec.bias, codec.books, codec.shared):
+            p.normal_()
+        codec.scales.uniform_(0.1, 1.0)
+    tables, cuts = _Tables(codec), [1, 2, 5, 7]
+    codes = torch.randint(0, 16, (5, 7))
+
+    def reference():
+        words = [tables.gain[j] * tables.books[j][codes[:, j]] if j < 3 else
+                 tables.log_scales[j - 3].exp() * tables.shared_gain * tables.shared[0][codes[:, j]] for j in range(7)]
+        return tables.bias + torch.stack(words, 1).cumsum(1)[:, [c - 1 for c in cuts]]
+
+    results = []
+    for fn in (reference, lambda: tables.prefix_decodes(codes, cuts)):
+        tables.zero_grad()
+        out = fn()
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        results.append((out.detach(), [p.grad.clone() for p in tables.parameters()]))
+    (ref, ref_g), (got, got_g) = results
+    assert torch.allclose(got, ref, atol=1e-5)
+    assert torch.allclose(got, codec.prefix_decodes(codes, cuts).transpose(0, 1), atol=1e-5)
+    for a, b in zip(got_g, ref_g):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert ref_g[3][:4].abs().min() > 0 and not ref_g[3][4:].any()  # stages 3..6 use scales 0..3; 7, 8 unused
+
+
 def test_a_killed_training_resumes_to_the_same_codec(data, tmp_path, monkeypatch):
     from semcomp.training import checkpoint
 

@@ -120,11 +120,31 @@ class _Tables(torch.nn.Module):
         self.shared = torch.nn.Parameter(codec.shared.detach() / gs)
         self.log_scales = torch.nn.Parameter(codec.scales.detach().clamp_min(1e-8).log())
 
-    def tables(self) -> torch.Tensor:
-        parts = [self.gain[:, None, None] * self.books]
-        if self.shared_on:
-            parts.append((self.log_scales.exp() * self.shared_gain)[:, None, None] * self.shared)
-        return torch.cat(parts)  # (s, K, D)
+    def prefix_decodes(self, codes: torch.Tensor, cuts: list[int]) -> torch.Tensor:
+        """Un-normalised decodes of the first c stages for each cut c: (B, len(cuts), D), differentiable.
+
+        Sums each stretch of stages between two cuts with ``F.embedding_bag`` (the shared stages' scales as
+        per-sample weights), then a cumulative sum over the few stretches: no (s, K, D) table and no (B, s, D)
+        gather, which made a training step ~15x slower (0.60 s vs 0.04 s, 256 items, 128 stages, one thread)."""
+        b, d, k = len(codes), self.bias.shape[0], self.books.shape[1]
+        bounds = list(zip([0] + cuts[:-1], cuts))  # each stretch [lo, hi) belongs to the first cut above it
+        out = torch.zeros(b, len(cuts), d)
+        items = torch.arange(b)[:, None]
+        for first, last in ((0, min(self.o, cuts[-1])), (self.o, cuts[-1])):  # own stages, then shared ones
+            parts = [(i, max(lo, first), min(hi, last)) for i, (lo, hi) in enumerate(bounds) if min(hi, last) > max(lo, first)]
+            if not parts:
+                continue
+            n = last - first
+            offsets = (items * n + torch.tensor([lo - first for _, lo, _ in parts])).reshape(-1)
+            if first == 0:  # own stages: row j * K + code in the stacked own books
+                flat = (self.gain[:, None, None] * self.books).reshape(-1, d)
+                sums = F.embedding_bag((codes[:, :last] + torch.arange(last) * k).reshape(-1), flat, offsets, mode="sum")
+            else:  # shared stages: one book, each stage weighted by its scale
+                weights = (self.log_scales[:n].exp() * self.shared_gain).repeat(b)
+                sums = F.embedding_bag(codes[:, first:last].reshape(-1), self.shared[0], offsets, mode="sum",
+                                       per_sample_weights=weights)
+            out = out.index_add(1, torch.tensor([i for i, _, _ in parts]), sums.view(b, len(parts), d))
+        return self.bias + out.cumsum(1)
 
     @torch.no_grad()
     def write_to(self, codec: ProgressiveRQ) -> None:
@@ -251,9 +271,7 @@ def train_progressive(spec: str, features, epochs: int = 100, batch_size: int = 
             tot = torch.zeros(())
             for it in tqdm(range(steps), desc=f"{spec} {epoch}/{epochs}", disable=not progress or rank != 0, leave=False):
                 xb, sb = mine[it * local : (it + 1) * local], codes[it * local : (it + 1) * local]
-                tab = tables.tables()
-                words = tab[torch.arange(max(cuts))[None, :], sb]  # (B, m, D)
-                dec = tables.bias + words.cumsum(1)[:, [c - 1 for c in cuts]]  # (B, C, D)
+                dec = tables.prefix_decodes(sb, cuts)  # (B, C, D)
                 per_cut = (1 - F.cosine_similarity(dec, xb[:, None], dim=-1)).mean(0)  # (C,)
                 loss = (per_cut / ref).mean()
                 opt.zero_grad(set_to_none=True)
