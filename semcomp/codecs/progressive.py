@@ -213,6 +213,7 @@ def check_beam(beam) -> int:
     return int(beam)
 
 
+@torch.no_grad()  # codes are picked, not differentiated (and the scores go through numpy)
 def greedy_encode(codec: ProgressiveRQ, x: torch.Tensor, m: int) -> torch.Tensor:
     """Stage by stage, the codeword nearest the residual: (N, m) int64.
 
