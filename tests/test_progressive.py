@@ -12,6 +12,7 @@ import semcomp
 from semcomp import bitstream
 from semcomp.bitstream import BitstreamError
 from semcomp.codecs import CodecError, create_codec, load_codec
+from semcomp.codecs.progressive import greedy_encode
 from semcomp.entropy import CODER_IDS
 from semcomp.training.progressive import budget_cuts, train_progressive
 from tests.conftest import clustered_features
@@ -84,6 +85,7 @@ def test_greedy_encode_is_stage_by_stage_nearest_codeword(prq, data):
     """The shared stages' Gram-matrix score updates pick what the plain residual loop picks, stage by stage."""
     codec, _ = prq
     s = codec.encode(data, stages=6)
+    assert torch.equal(greedy_encode(codec, data, 6), s)  # called directly, grad mode on: same codes
     r = data - codec.bias.detach()
     for j, table in enumerate(torch.from_numpy(codec.additive_codebooks())):  # (K, D) per stage, scales applied
         d2 = torch.cdist(r, table) ** 2  # (N, K)
