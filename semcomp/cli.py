@@ -160,7 +160,7 @@ def cmd_train(a) -> None:
         ckpt = Path(a.ckpt_dir) / f"{spec}.pt" if a.ckpt_dir else None
         codec, card = train_codec(spec, fs.features, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, ckpt_path=ckpt,
                                   max_seconds=60 * a.max_minutes if a.max_minutes else None, prq_init_beam=a.prq_init_beam,
-                                  prq_frozen_stages=a.prq_frozen_stages)
+                                  prq_frozen_stages=a.prq_frozen_stages, prq_first_redo=a.prq_first_redo)
         codec.backbone = fs.metadata.get("backbone", "")
         codec.backbone_sha256 = fs.metadata.get("backbone_sha256") or None  # the weights the features came from
         card.update({"backbone": codec.backbone, "data": {"features": str(a.features), "split": a.split_name,
@@ -773,6 +773,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "trained with this beam width (0: greedy residual k-means)")
     t.add_argument("--prq-frozen-stages", type=int, default=0, help="prq only: keep the bias and the first N own codebooks "
                    "at their k-means initialisation during fine-tuning (the shortest cuts stay k-means codes)")
+    t.add_argument("--prq-first-redo", type=int, default=1, help="prq only: fit the first stage's k-means this many times "
+                   "and keep the lowest objective (faiss nredo); the later own stages are then fitted on its residual")
     t.add_argument("--force", action="store_true")
     t.set_defaults(func=cmd_train)
 

@@ -276,6 +276,29 @@ def test_training_prefix_decodes_equal_stage_by_stage_sums_and_their_gradients()
     assert ref_g[3][:4].abs().min() > 0 and not ref_g[3][4:].any()  # stages 3..6 use scales 0..3; 7, 8 unused
 
 
+def test_first_stage_redo_keeps_the_lowest_objective_and_fits_the_rest_on_its_residual(data):
+    """--prq-first-redo N: N k-means runs for the first stage (faiss nredo; its first run is the single run), so its
+    objective is never worse; the later own stages are fitted after it, by k-means or by the residual quantiser."""
+    from semcomp.training.progressive import residual_kmeans_init
+
+    x = F.normalize(torch.as_tensor(data, dtype=torch.float32), dim=-1)
+
+    def first_stage_sse(codec):
+        r = x - codec.bias
+        return float(torch.cdist(r, codec.books[0]).min(1).values.pow(2).sum())
+
+    one, best = create_codec(SPEC, x.shape[1]), create_codec(SPEC, x.shape[1])
+    residual_kmeans_init(one, x, niter=3, seed=1)
+    residual_kmeans_init(best, x, niter=3, seed=1, first_redo=6)
+    assert first_stage_sse(best) <= first_stage_sse(one) + 1e-4
+    assert not torch.equal(best.books[0], one.books[0])  # some other run won (for this data and seed)
+    codec, card = train_progressive(SPEC, data, epochs=0, kmeans_iters=3, rq_beam=2, first_redo=3, progress=False)
+    assert card["first_redo"] == 3 and "best of 3" in card["init"] and codec.books.abs().sum((1, 2)).min() > 0
+    assert F.cosine_similarity(codec.decode(codec.encode(x)), x).mean() > 0.8
+    with pytest.raises(ValueError, match="first_redo"):
+        train_progressive(SPEC, data, epochs=0, first_redo=0, progress=False)
+
+
 def test_a_killed_training_resumes_to_the_same_codec(data, tmp_path, monkeypatch):
     from semcomp.training import checkpoint
 
