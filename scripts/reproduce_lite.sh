@@ -100,3 +100,14 @@ python bench/progressive.py --part prq --codec "$CACHE"/codecs-plateau/seed{0,1,
     --train "$FEAT/lite-tin-train.safetensors" --test "$FEAT/lite-val.safetensors" --out-name progressive_frozen
 python bench/progressive.py --part merge --codec none --train - --test - --out-name progressive_frozen \
     --peers-name progressive_beaminit progressive_lsqseeds
+# the 8-bit cut as a k-means draw, and the first-stage-redo recipe tried against it (3 seeds; not shipped)
+python bench/first_stage_draws.py --train "$FEAT/lite-tin-train.safetensors" --test "$FEAT/lite-val.safetensors"
+for seed in 0 1 2; do
+  [ -f "$CACHE/codecs-redo/seed$seed/prq-s128o32k256/model.safetensors" ] || semcomp -v train --spec prq-s128o32k256 \
+      --features "$FEAT/lite-tin-train.safetensors" --split-name tiny-imagenet --prq-init-beam 5 --prq-frozen-stages 1 \
+      --prq-first-redo 10 --epochs 1000 --threads 1 --max-minutes 40 --seed $seed --out-dir "$CACHE/codecs-redo/seed$seed"
+done
+python bench/progressive.py --part prq --codec "$CACHE"/codecs-redo/seed{0,1,2}/prq-s128o32k256 \
+    --train "$FEAT/lite-tin-train.safetensors" --test "$FEAT/lite-val.safetensors" --out-name progressive_redo
+python bench/progressive.py --part merge --codec none --train - --test - --out-name progressive_redo \
+    --peers-name progressive_beaminit progressive_lsqseeds
