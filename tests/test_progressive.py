@@ -271,6 +271,8 @@ def test_training_prefix_decodes_equal_stage_by_stage_sums_and_their_gradients()
     (ref, ref_g), (got, got_g) = results
     assert torch.allclose(got, ref, atol=1e-5)
     assert torch.allclose(got, codec.prefix_decodes(codes, cuts).transpose(0, 1), atol=1e-5)
+    # the codec's own path takes cuts in any order, repeats included, and answers in that order
+    assert torch.allclose(codec.prefix_decodes(codes, [7, 2, 7, 1]).transpose(0, 1), ref[:, [3, 1, 3, 0]], atol=1e-5)
     for a, b in zip(got_g, ref_g):
         assert torch.allclose(a, b, atol=1e-5)
     assert ref_g[3][:4].abs().min() > 0 and not ref_g[3][4:].any()  # stages 3..6 use scales 0..3; 7, 8 unused

@@ -159,11 +159,8 @@ class ProgressiveRQ(Codec):
     def prefix_decodes(self, s: torch.Tensor, cuts: list[int]) -> torch.Tensor:
         """Training path: un-normalised decodes of the first ``c`` stages for each cut c, (len(cuts), N, D),
         differentiable in the codebooks, bias and scales."""
-        tables = self.stage_codebooks()  # (s, K, D)
-        m = max(cuts)
-        words = tables[torch.arange(m)[None, :], s[:, :m]]  # (N, m, D)
-        csum = words.cumsum(1)  # (N, m, D)
-        return self.bias[None, None] + csum[:, [c - 1 for c in cuts]].transpose(0, 1)
+        shared = self.shared[0] if len(self.shared) else None
+        return prefix_sums(s, cuts, self.bias, self.books, shared, self.scales).transpose(0, 1)
 
     def forward(self, x):
         """Full-depth decode of the greedy code (codes fixed, gradient to the tables); aux loss 0."""
@@ -205,6 +202,36 @@ class ProgressiveRQ(Codec):
         except EntropyCodingError as e:
             raise bitstream.BitstreamError(f"progressive payload: {e}") from e
         return np.ascontiguousarray(s.T)
+
+
+def prefix_sums(codes: torch.Tensor, cuts: list[int], bias: torch.Tensor, books: torch.Tensor,
+                shared: torch.Tensor | None, scales: torch.Tensor) -> torch.Tensor:
+    """``bias`` + the codewords of the first c stages, for each cut c >= 1: (N, len(cuts), D), differentiable.
+
+    ``books`` (o, K, D) are the own stages; later stages take ``shared`` (K, D) times their entry of ``scales``. Each
+    stretch of stages between two cuts is one ``F.embedding_bag`` sum (the scales as per-sample weights), then a
+    cumulative sum runs over the few stretches: no (s, K, D) table and no (N, s, D) gather, which made a training
+    step ~15x slower (0.60 s vs 0.04 s, 256 items, 128 stages, one thread)."""
+    asked, cuts = list(cuts), sorted(set(cuts))
+    n_items, (o, k, d) = len(codes), books.shape
+    bounds = list(zip([0] + cuts[:-1], cuts))  # each stretch [lo, hi) belongs to the first cut above it
+    out = torch.zeros(n_items, len(cuts), d, dtype=books.dtype)
+    items = torch.arange(n_items)[:, None]
+    for first, last in ((0, min(o, cuts[-1])), (o, cuts[-1])):  # own stages, then shared ones
+        parts = [(i, max(lo, first), min(hi, last)) for i, (lo, hi) in enumerate(bounds) if min(hi, last) > max(lo, first)]
+        if not parts:
+            continue
+        n = last - first
+        offsets = (items * n + torch.tensor([lo - first for _, lo, _ in parts])).reshape(-1)
+        if first == 0:  # own stages: row j * K + code in the stacked own books
+            sums = F.embedding_bag((codes[:, :last] + torch.arange(last) * k).reshape(-1), books.reshape(-1, d), offsets,
+                                   mode="sum")
+        else:  # shared stages: one book, each stage weighted by its scale
+            sums = F.embedding_bag(codes[:, first:last].reshape(-1), shared, offsets, mode="sum",
+                                   per_sample_weights=scales[:n].repeat(n_items))
+        out = out.index_add(1, torch.tensor([i for i, _, _ in parts]), sums.view(n_items, len(parts), d))
+    out = bias + out.cumsum(1)
+    return out if asked == cuts else out[:, [cuts.index(c) for c in asked]]
 
 
 def check_beam(beam) -> int:
