@@ -49,6 +49,10 @@ from .codecs.base import CodecError, short
 from .labels import MAX_LABELS
 
 CHUNK = 8192  # items per scoring pass: (CHUNK, C) float32 scores at a time
+# top1's scores: ~8 MiB a pass, so the arg-max passes re-read them from cache (C = 1,000: 2,097 rows), and a wide
+# pass for few classes, where per-pass costs dominate (C = 40: 16,384 rows; 20,000 codes ran 6.7 ms in passes of
+# 2,048 rows, 3.5 ms in passes of 16,384; one-off, one thread)
+SCORE_PASS_BYTES = 8 << 20
 MAX_BOOK_NUMEL = 1 << 25  # M x K x D codebook numbers an additive form may hold (128 MiB in fp32)
 MAX_LUT_NUMEL = 1 << 26  # M x K x C look-up table numbers (256 MiB in fp32)
 MAX_SCORE_BYTES = 256 << 20  # what scores() may return at once: N x C float32
@@ -298,22 +302,22 @@ class LUTZeroShot:
             return torch.zeros(len(c), dtype=torch.long)
         out = torch.empty(len(c), dtype=torch.long)
         thr = self.tie_margin * (float(self._stage_norm_bound[c.shape[1] - 1]) if len(c) else 1.0)
-        rescored = 0
-        for i in range(0, len(c), CHUNK):
-            cc = c[i : i + CHUNK]
-            s = self._dots(cc)
+        close = torch.empty(len(c), dtype=torch.bool)
+        step = max(256, min(1 << 16, SCORE_PASS_BYTES // (4 * self.num_classes)))
+        for i in range(0, len(c), step):
+            s = self._dots(c[i : i + step])
             # numpy's row arg-max, then amax: torch's CPU max/argmax along rows ran 4-6x slower than both together
             # (C = 200 / 1000, one thread; bench/compressed_domain.py), and topk(2) slower still
             best = torch.from_numpy(s.numpy().argmax(1))
             v1 = s.gather(1, best[:, None])[:, 0]
             s.scatter_(1, best[:, None], float("-inf"))
-            close = (v1 - s.amax(1)) < thr
-            if close.any():
-                rows = close.nonzero()[:, 0]
-                best[rows] = self._reference(cc[rows]).argmax(1)  # a receiver's argmax: the first of equal logits
-                rescored += len(rows)
-            out[i : i + CHUNK] = best
-        self.last_rescored = rescored
+            close[i : i + step] = (v1 - s.amax(1)) < thr
+            out[i : i + step] = best
+        rows = close.nonzero()[:, 0]
+        for i in range(0, len(rows), CHUNK):  # near-ties, all passes' at once
+            r = rows[i : i + CHUNK]
+            out[r] = self._reference(c[r]).argmax(1)  # a receiver's argmax: the first of equal logits
+        self.last_rescored = len(rows)
         return out
 
     def logits(self, codes) -> torch.Tensor:
