@@ -150,6 +150,7 @@ def cmd_train(a) -> None:
 
     from .data import load_features
     from .training.codec import train_codec
+    from .training.progressive import RECIPE_MAX_EPOCHS
 
     torch.set_num_threads(a.threads) if a.threads else None
     fs = _select(load_features(_input_file(a.features, "feature file")), a.split_name, "train")
@@ -158,7 +159,8 @@ def cmd_train(a) -> None:
         if (out / "model.safetensors").exists() and not a.force:
             raise CLIError(f"{out} exists; pass --force to overwrite")
         ckpt = Path(a.ckpt_dir) / f"{spec}.pt" if a.ckpt_dir else None
-        codec, card = train_codec(spec, fs.features, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, ckpt_path=ckpt,
+        epochs = a.epochs if a.epochs is not None else (RECIPE_MAX_EPOCHS if spec.startswith("prq-") else 30)
+        codec, card = train_codec(spec, fs.features, epochs=epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, ckpt_path=ckpt,
                                   max_seconds=60 * a.max_minutes if a.max_minutes else None, prq_init_beam=a.prq_init_beam,
                                   prq_frozen_stages=a.prq_frozen_stages, prq_first_redo=a.prq_first_redo)
         codec.backbone = fs.metadata.get("backbone", "")
@@ -204,6 +206,7 @@ def cmd_fit(a) -> None:
         bb = load_backbone(a.backbone)
         out = fit(bb, src, specs=specs, budgets=a.budgets, out_dir=a.out_dir, work_dir=a.work_dir, limit=a.limit,
                   epochs=a.epochs, batch_size=a.batch_size, seed=a.seed, max_minutes=a.max_minutes,
+                  prq_init_beam=a.prq_init_beam, prq_frozen_stages=a.prq_frozen_stages,
                   chunk_size=a.chunk_size, extract_batch=a.extract_batch_size, templates=a.template, license=a.license,
                   force=a.force, progress=not a.no_progress, command="semcomp " + " ".join(a.argv))
         if rank == 0:
@@ -736,6 +739,17 @@ def cmd_search(a) -> None:
     print(json.dumps(out, indent=2))
 
 
+def _prq_recipe_args(p) -> None:
+    from .training.progressive import RECIPE_FROZEN_STAGES, RECIPE_INIT_BEAM
+
+    p.add_argument("--prq-init-beam", type=int, default=RECIPE_INIT_BEAM, help="prq only: initialise the own stages with "
+                   f"faiss.ResidualQuantizer trained with this beam width (0: greedy residual k-means; default {RECIPE_INIT_BEAM}, "
+                   "the shipped recipe)")
+    p.add_argument("--prq-frozen-stages", type=int, default=RECIPE_FROZEN_STAGES, help="prq only: keep the bias and the "
+                   "first N own codebooks at their initialisation during fine-tuning (the shortest cuts stay k-means codes; "
+                   f"default {RECIPE_FROZEN_STAGES}, the shipped recipe)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="semcomp", description="Semantic compression of CLIP features.")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -763,16 +777,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--split-name", help="train only on this committed split's training classes, e.g. tiny-imagenet")
     t.add_argument("--out-dir", default="weights/codecs")
     t.add_argument("--ckpt-dir", default=str(Path.home() / ".cache" / "semcomp" / "codec-ckpt"))
-    t.add_argument("--epochs", type=int, default=30)
+    t.add_argument("--epochs", type=int, help="default 30; prq: 1000, a ceiling (early stopping ends it)")
     t.add_argument("--batch-size", type=int, default=256)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int)
     t.add_argument("--max-minutes", type=float, help="prq only: stop fine-tuning after this long (early stopping may end it sooner)")
-    t.add_argument("--prq-init-beam", type=int, default=0, help="prq only: initialise the own stages with faiss.ResidualQuantizer "
-                   "trained with this beam width (0: greedy residual k-means)")
-    t.add_argument("--prq-frozen-stages", type=int, default=0, help="prq only: keep the bias and the first N own codebooks "
-                   "at their k-means initialisation during fine-tuning (the shortest cuts stay k-means codes)")
+    _prq_recipe_args(t)
     t.add_argument("--prq-first-redo", type=int, default=1, help="prq only: fit the first stage's k-means this many times "
                    "and keep the lowest objective (faiss nredo); the later own stages are then fitted on its residual")
     t.add_argument("--force", action="store_true")
@@ -799,6 +810,7 @@ def build_parser() -> argparse.ArgumentParser:
     fi.add_argument("--extract-batch-size", type=int, default=64)
     fi.add_argument("--chunk-size", type=int, default=5000, help="images per resumable extraction part")
     fi.add_argument("--max-minutes", type=float, help="prq: stop fine-tuning after this long")
+    _prq_recipe_args(fi)
     fi.add_argument("--template", default="a photo of a {}.", help="class prompt for the zero-shot check")
     fi.add_argument("--license", default="apache-2.0", help="licence written in the model card")
     fi.add_argument("--seed", type=int, default=0)

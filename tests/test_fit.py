@@ -81,6 +81,8 @@ def test_fit_writes_codecs_the_app_and_receiver_find(images, tmp_path, monkeypat
     assert sorted(p.name for p in out) == sorted(SPECS)
     card = json.loads((tmp_path / "codecs/fake-clip/prq-s4o2k4/card.json").read_text())
     assert card["backbone"] == "fake-clip" and card["preprocessing"]["image_size"] == 8 and card["dim"] == 16
+    # the shipped prq recipe unless told otherwise: beam-5 residual-quantiser init, the first codebook kept
+    assert card["frozen_stages"] == 1 and "faiss.ResidualQuantizer (beam 5" in card["init"]
     ev = card["fit_eval"]
     assert ev["items"] == 33 and ev["classes"] == 3 and [r["bits"] for r in ev["budgets"]] == card["budgets"]
     cos = [r["mean_cosine"] for r in ev["budgets"]]

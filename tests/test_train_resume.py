@@ -122,3 +122,17 @@ def test_cli_train_on_a_then_b_writes_b(tmp_path):
     assert card_b["features_sha256"] != card_a["features_sha256"] and card_b["run_key"] != card_a["run_key"]
     assert card_b["history"][0]["epoch"] == 1 and len(card_b["history"]) == 2
     assert not list((tmp_path / "ck").glob("*.pt"))
+
+
+def test_cli_train_prq_defaults_to_the_shipped_recipe(tmp_path):
+    """No recipe flags: beam-5 residual-quantiser init, the first codebook kept, trained until early stopping."""
+    from semcomp.cli import main
+
+    x, y, centres = clustered_features(n_classes=6, per_class=40, dim=16, seed=0)
+    path = tmp_path / "f.safetensors"
+    save_features(path, FeatureSet(x.numpy(), y.numpy(), {"backbone": "synthetic"}), extra={"text_features": centres.numpy()})
+    assert main(["train", "--features", str(path), "--spec", "prq-s4o2k4", "--batch-size", "32",
+                 "--out-dir", str(tmp_path / "c"), "--ckpt-dir", str(tmp_path / "ck")]) in (0, None)
+    card = json.loads((tmp_path / "c" / "prq-s4o2k4" / "card.json").read_text())
+    assert card["frozen_stages"] == 1 and "faiss.ResidualQuantizer (beam 5" in card["init"]
+    assert card["stopped"].startswith("early stop") and card["epochs_run"] < 1000

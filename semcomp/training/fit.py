@@ -151,14 +151,18 @@ def fit(backbone, source, *, specs: list[str] | None = None, budgets: list[int] 
         epochs: int | None = None, batch_size: int = 256, lr: float = 1e-3, seed: int = 0, val_frac: float = 0.1,
         eval_frac: float = 0.1, max_minutes: float | None = None, chunk_size: int = 5000, extract_batch: int = 64,
         templates: str = "a photo of a {}.", license: str = "apache-2.0", force: bool = False, progress: bool = True,
-        command: str | None = None) -> list[Path]:
+        command: str | None = None, prq_init_beam: int | None = None, prq_frozen_stages: int | None = None) -> list[Path]:
     """Fit codecs for ``backbone`` (a loaded ``semcomp.backbone.Backbone``) on ``source`` (a
     ``semcomp.datasets.ImageSource``); returns the codec folders written (rank 0; other ranks return ``[]``).
 
     ``specs``: codec specs to train (default: one progressive codec, ``progressive_spec(budgets, codebook)``).
     Under ``torch.distributed`` (``semcomp fit`` under ``torchrun``) extraction is split by rank, ladder specs train
     data-parallel on every rank (ladder specs with DDP; progressive codecs initialised on rank 0, then each rank
-    re-encodes and trains on its share); evaluation and writing happen on rank 0."""
+    re-encodes and trains on its share); evaluation and writing happen on rank 0.
+
+    Progressive codecs train with the shipped recipe unless told otherwise: ``prq_init_beam`` (default
+    ``RECIPE_INIT_BEAM``), ``prq_frozen_stages`` (``RECIPE_FROZEN_STAGES``) and, when ``epochs`` is None, up to
+    ``RECIPE_MAX_EPOCHS`` epochs that early stopping ends."""
     from ..backbone import weights_sha256_of
     from ..extract import extract
     from ..zoo import backbone_dirname, user_codecs_dir
@@ -200,10 +204,18 @@ def fit(backbone, source, *, specs: list[str] | None = None, budgets: list[int] 
     feats_sha = features_sha256(x_fit)
     out_root = Path(out_dir) if out_dir else user_codecs_dir()
     written = []
+    from .progressive import RECIPE_FROZEN_STAGES, RECIPE_INIT_BEAM, RECIPE_MAX_EPOCHS
+
     for spec in specs:
         progressive = spec.startswith("prq-")
         hyper = {"spec": spec, "features_sha256": feats_sha, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                  "seed": seed, "val_frac": val_frac, "max_minutes": max_minutes}
+        kw = {"epochs": epochs} if epochs is not None else {}
+        if progressive:
+            kw = {"epochs": RECIPE_MAX_EPOCHS if epochs is None else epochs,
+                  "prq_init_beam": RECIPE_INIT_BEAM if prq_init_beam is None else prq_init_beam,
+                  "prq_frozen_stages": RECIPE_FROZEN_STAGES if prq_frozen_stages is None else prq_frozen_stages}
+            hyper.update(kw)  # a folder fitted with another recipe is "other settings"
         key = _run_key(hyper)
         out = out_root / backbone_dirname(backbone.name) / spec
         done = _fit_key(out)
@@ -215,7 +227,6 @@ def fit(backbone, source, *, specs: list[str] | None = None, budgets: list[int] 
         if done is not None and not force:  # every rank sees the same folder: none of them trains
             raise CodecError(f"{out} holds a codec made from other images or settings; pass --force to replace it, or "
                              f"--out-dir for another folder")
-        kw = {"epochs": epochs} if epochs is not None else {}
         t1 = time.time()
         codec, card = train_codec(spec, x_fit, batch_size=batch_size, lr=lr, seed=seed, val_frac=val_frac,
                                   ckpt_path=work / "ckpt" / f"{spec}.pt", progress=progress and rank == 0,

@@ -30,6 +30,12 @@ from .codec import features_sha256, holdout_split
 logger = logging.getLogger(__name__)
 
 BUDGETS = (8, 16, 24, 32, 48, 64, 96, 128, 256, 512, 1024)  # the bit budgets the nested loss weighs
+# The shipped recipe (weights/codecs/semcomp-lite-clip/prq-s128o32k256): faiss.ResidualQuantizer init with beam 5,
+# the first codebook kept at that init, fine-tuned until early stopping (114-136 epochs on 26 k features, 3 seeds;
+# bench/results/progressive_frozen.md). `semcomp train` and `semcomp fit` default to it for prq specs.
+RECIPE_INIT_BEAM = 5
+RECIPE_FROZEN_STAGES = 1
+RECIPE_MAX_EPOCHS = 1000  # a ceiling: early stopping ends the run
 
 
 def budget_cuts(codec: ProgressiveRQ) -> list[int]:
