@@ -86,7 +86,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out-name", default="fit_scale")
     a = ap.parse_args()
-    from semcomp.backbone import load_backbone
+    from semcomp.backbone import load_backbone, weights_sha256_of
     from semcomp.codecs import load_codec
     from semcomp.data import FeatureSet, save_features, tiny_imagenet_classes
     from semcomp.datasets import ImageSource
@@ -113,8 +113,8 @@ def main() -> None:
             spec = progressive_spec(None, k)
             work = Path(tmp) / f"work-{n}"
             work.mkdir()
-            meta = {"backbone": bb.name, "dataset": "tiny-imagenet", "split": "train", "class_names": names,
-                    "template": template, "images": n}
+            meta = {"backbone": bb.name, "backbone_sha256": weights_sha256_of(bb), "dataset": "tiny-imagenet",
+                    "split": "train", "class_names": names, "template": template, "images": n}  # as extract writes it
             save_features(work / "features.safetensors", FeatureSet(pool[:n].numpy(), pool_labels[:n], meta),
                           extra={"text_features": text.numpy()})
             src = ImageSource("tiny-imagenet", "train", names, lambda: iter(()), f"Tiny-ImageNet train, {n} images of the "
