@@ -48,6 +48,16 @@ def test_wrong_dimension_and_bad_input_are_refused(synthetic):
         codec.encode(torch.randn(3, 31))
     with pytest.raises(CodecError):
         codec.encode(torch.full((2, 32), float("nan")))
+    # one bad number among many, in every float type a caller may hand over (numpy's check covers three of them)
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        for bad in (float("nan"), float("inf"), -float("inf")):
+            y = torch.randn(300, 32).to(dtype)
+            y[173, 29] = bad
+            with pytest.raises(CodecError, match="NaN or Inf"):
+                codec.encode(y)
+            with pytest.raises(CodecError, match="NaN or Inf"):
+                codec.encode(y.T.contiguous().T)  # not contiguous
+        assert codec.encode(torch.randn(3, 32, requires_grad=True).to(dtype)).shape[0] == 3
     with pytest.raises(CodecError):
         codec.decode(torch.full((2, 4), 8))  # symbol out of range for K=8
     with pytest.raises(CodecError):

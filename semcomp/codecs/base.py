@@ -67,6 +67,14 @@ def mlp(sizes: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def all_finite(x: torch.Tensor) -> bool:
+    """No NaN or Inf in x. numpy's isfinite on a CPU float tensor's buffer: torch's isfinite(...).all() took 2.7 ms on
+    (2,000, 384) float32, numpy's 0.1 ms (one thread, this repo's AMD EPYC VM) -- more than the 8-bit prq encode."""
+    if x.device.type == "cpu" and x.dtype in (torch.float16, torch.float32, torch.float64):
+        return bool(np.isfinite(x.detach().numpy()).all())
+    return bool(torch.isfinite(x).all())
+
+
 class Codec(nn.Module):
     """Base class. Subclasses define ``family``, ``spec_pattern``, ``num_symbols``, ``alphabet`` and
     ``forward`` (training path: returns decoded features and the quantisation loss), ``encode_latent``,
@@ -177,7 +185,7 @@ class Codec(nn.Module):
             raise CodecError(f"codec {self.spec} expects features of shape (N, {self.dim}), got {tuple(x.shape)}")
         if not x.is_floating_point():
             raise CodecError(f"features must be floating point, got {x.dtype}")
-        if not torch.isfinite(x).all():
+        if not all_finite(x):
             raise CodecError("features contain NaN or Inf")
         return F.normalize(x.float(), dim=-1)
 

@@ -263,7 +263,8 @@ def greedy_encode(codec: ProgressiveRQ, x: torch.Tensor, m: int) -> torch.Tensor
         for j, (book, norms) in enumerate(own):
             idx = torch.from_numpy(torch.addmm(norms, r, book.T, alpha=-2).numpy().argmin(1))  # ||c||^2 - 2<r, c>
             out[i : i + SHARED_BLOCK, j] = idx.numpy()
-            r.sub_(book.index_select(0, idx))
+            if j + 1 < m:  # the last stage's residual is never read
+                r.sub_(book.index_select(0, idx))
         if m > o:
             dots = r @ codec.shared[0].T  # (n, K): <r, S_k>
             for j, a in enumerate(scales, start=o):
