@@ -284,9 +284,13 @@ def cmd_encode(a) -> None:
     _check_out(out, a.force)
     fs = load_features(_input_file(a.features, "feature file"))
     codec = load_codec(a.codec, backbone=BackboneRef.of_features(fs.metadata))  # features of another backbone: a clear error
-    blob = codec.compress(fs.features, a.coder, a.precision)
+    cut = {k: v for k, v in (("bits", a.bits), ("beam", a.beam)) if v is not None}
+    if cut and codec.family != "prq":
+        raise CLIError(f"--bits and --beam are for progressive (prq) codecs; {codec.spec} always sends its {codec.bits} bits")
+    blob = codec.compress(fs.features, a.coder, a.precision, **cut)
     _atomic_write(out, blob)
-    logger.info("%d features -> %d bytes (%.1f bits/feature; fixed %d)", len(fs.features), len(blob), 8 * len(blob) / len(fs.features), codec.bits)
+    logger.info("%d features -> %d bytes (%.1f bits/feature, header included; fixed %d)", len(fs.features), len(blob),
+                8 * len(blob) / len(fs.features), a.bits or codec.bits)
 
 
 def cmd_decode(a) -> None:
@@ -848,6 +852,10 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--coder", default="ans", choices=["raw", "huffman", "ans"])
     en.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                     help="bf16: encoder under bf16 autocast, ~2x faster on AVX512-BF16/AMX CPUs (same bitstream format)")
+    en.add_argument("--bits", type=int, help="progressive (prq) codecs: send only the first BITS per item (a stage "
+                    "boundary; default: every stage, to cut later with `semcomp truncate`)")
+    en.add_argument("--beam", type=int, help="progressive codecs: beam-search width for those bits (default 1, greedy: any "
+                    "prefix of a greedy code is the greedy code; 8 is the README's 'prq (beam)' column)")
     en.add_argument("--out", required=True)
     en.add_argument("--force", action="store_true")
     en.set_defaults(func=cmd_encode)

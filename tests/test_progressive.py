@@ -218,6 +218,31 @@ def test_cli_truncate(prq, data, tmp_path):
     assert not (tmp_path / "z.scf").exists()
 
 
+def test_cli_encode_bits_and_beam(prq, data, tmp_path):
+    from semcomp.cli import main
+    from semcomp.data import FeatureSet, save_features
+
+    codec, _ = prq
+    folder = tmp_path / SPEC
+    codec.save_pretrained(folder)
+    feats = tmp_path / "f.safetensors"
+    save_features(feats, FeatureSet(data[:50].numpy(), np.zeros(50, np.int64), {"backbone": codec.backbone}))
+    out = tmp_path / "x.scf"
+    assert main(["encode", "--codec", str(folder), "--features", str(feats), "--bits", "12", "--beam", "4", "--out", str(out)]) == 0
+    header, _ = bitstream.unpack(out.read_bytes())
+    assert header.stages == 3
+    want = codec.encode(data[:50], stages=3, beam=4)
+    assert np.array_equal(codec.decompress_symbols(out.read_bytes()), want.numpy())
+    assert not torch.equal(want, codec.encode(data[:50], stages=3, beam=1))  # the beam did change some codes
+    for bad in (["--bits", "10"], ["--bits", "0"], ["--beam", "0"]):  # inside a stage, no stage, no path
+        assert main(["encode", "--codec", str(folder), "--features", str(feats), *bad, "--out", str(tmp_path / "b.scf")]) == 2
+        assert not (tmp_path / "b.scf").exists()
+    ladder = create_codec("fsq-c4l4", 32)
+    ladder.save_pretrained(tmp_path / "fsq-c4l4")
+    assert main(["encode", "--codec", str(tmp_path / "fsq-c4l4"), "--features", str(feats), "--bits", "8", "--out",
+                 str(tmp_path / "c.scf")]) == 2
+
+
 def test_the_receiver_decodes_whatever_prefix_arrived(prq, data, tmp_path, monkeypatch):
     from semcomp import receiver, zoo
 
