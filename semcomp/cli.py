@@ -162,7 +162,8 @@ def cmd_train(a) -> None:
         epochs = a.epochs if a.epochs is not None else (RECIPE_MAX_EPOCHS if spec.startswith("prq-") else 30)
         codec, card = train_codec(spec, fs.features, epochs=epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, ckpt_path=ckpt,
                                   max_seconds=60 * a.max_minutes if a.max_minutes else None, prq_init_beam=a.prq_init_beam,
-                                  prq_frozen_stages=a.prq_frozen_stages, prq_first_redo=a.prq_first_redo)
+                                  prq_frozen_stages=a.prq_frozen_stages, prq_first_redo=a.prq_first_redo,
+                                  prq_cut_weights=_cut_weights(a.prq_cut_weight))
         codec.backbone = fs.metadata.get("backbone", "")
         codec.backbone_sha256 = fs.metadata.get("backbone_sha256") or None  # the weights the features came from
         card.update({"backbone": codec.backbone, "data": {"features": str(a.features), "split": a.split_name,
@@ -743,6 +744,20 @@ def cmd_search(a) -> None:
     print(json.dumps(out, indent=2))
 
 
+def _cut_weights(items: list[str] | None) -> dict[int, float] | None:
+    """``["16=4", "24=2"]`` -> ``{16: 4.0, 24: 2.0}``."""
+    if not items:
+        return None
+    out = {}
+    for it in items:
+        bits, _, w = it.partition("=")
+        try:
+            out[int(bits)] = float(w)
+        except ValueError:
+            raise CLIError(f"--prq-cut-weight takes BITS=WEIGHT pairs such as 16=4, got {it!r}") from None
+    return out
+
+
 def _prq_recipe_args(p) -> None:
     from .training.progressive import RECIPE_FROZEN_STAGES, RECIPE_INIT_BEAM
 
@@ -790,6 +805,8 @@ def build_parser() -> argparse.ArgumentParser:
     _prq_recipe_args(t)
     t.add_argument("--prq-first-redo", type=int, default=1, help="prq only: fit the first stage's k-means this many times "
                    "and keep the lowest objective (faiss nredo); the later own stages are then fitted on its residual")
+    t.add_argument("--prq-cut-weight", nargs="+", metavar="BITS=W", help="prq only: weigh these budget cuts' terms of the "
+                   "nested loss by W instead of 1 (e.g. 16=4)")
     t.add_argument("--force", action="store_true")
     t.set_defaults(func=cmd_train)
 

@@ -67,7 +67,8 @@ def run_checkpoint_path(ckpt_path: str | Path, key: str) -> Path:
 def train_codec(spec: str, features: np.ndarray, epochs: int = 30, batch_size: int = 256, lr: float = 1e-3,
                 weight_decay: float = 0.0, seed: int = 0, val_frac: float = 0.1, ckpt_path: str | Path | None = None,
                 codec_kwargs: dict | None = None, progress: bool = True, max_seconds: float | None = None,
-                prq_init_beam: int = 0, prq_frozen_stages: int = 0, prq_first_redo: int = 1) -> tuple[Codec, dict]:
+                prq_init_beam: int = 0, prq_frozen_stages: int = 0, prq_first_redo: int = 1,
+                prq_cut_weights: dict[int, float] | None = None) -> tuple[Codec, dict]:
     """Train one codec on (N, D) L2-normalised features. Returns the best (by held-out cosine) codec and a
     card with the training record (including ``features_sha256`` and ``run_key``).
 
@@ -87,7 +88,8 @@ def train_codec(spec: str, features: np.ndarray, epochs: int = 30, batch_size: i
 
         return train_progressive(spec, features, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, val_frac=val_frac,
                                  codec_kwargs=codec_kwargs, progress=progress, max_seconds=max_seconds, rq_beam=prq_init_beam,
-                                 frozen_stages=prq_frozen_stages, first_redo=prq_first_redo, ckpt_path=ckpt_path)
+                                 frozen_stages=prq_frozen_stages, first_redo=prq_first_redo, cut_weights=prq_cut_weights,
+                                 ckpt_path=ckpt_path)
     if max_seconds is not None:
         raise ValueError(f"a time budget (max_seconds) is supported for progressive (prq) codecs only, not {spec!r}")
     import torch.distributed as dist

@@ -155,7 +155,7 @@ class _Tables(torch.nn.Module):
 def train_progressive(spec: str, features, epochs: int = 100, batch_size: int = 256, lr: float = 1e-3, seed: int = 0,
                       val_frac: float = 0.1, patience: int = 6, kmeans_iters: int = 10, finetune: bool = True,
                       epoch_items: int = 8192, rq_beam: int = 0, frozen_stages: int = 0, first_redo: int = 1,
-                      max_seconds: float | None = None, codec_kwargs: dict | None = None,
+                      cut_weights: dict[int, float] | None = None, max_seconds: float | None = None, codec_kwargs: dict | None = None,
                       progress: bool = True, ckpt_path=None) -> tuple[ProgressiveRQ, dict]:
     """Residual k-means, then nested fine-tuning with early stopping on held-out training features.
 
@@ -164,6 +164,9 @@ def train_progressive(spec: str, features, epochs: int = 100, batch_size: int = 
     free to move the first codewords without changing their held-out cosine; for the lite backbone's seed-0 prq
     that cost 1.4 points of 8-bit zero-shot on unseen classes (41.9 after init, 40.5 after fine-tuning). Which
     k-means optimum the first stage lands in matters more: 41.9-45.8 over seeds (bench/results/progressive_frozen.md).
+
+    ``cut_weights``: {bits: weight} for budget cuts whose normalised term counts more (or less) than 1 in the nested
+    loss, e.g. {16: 4.0}; the held-out loss that early stopping watches uses the same weights.
 
     Returns the best codec (by held-out nested loss, after rounding to fp16 as it is stored) and a card with
     the curve (per epoch: train loss, held-out loss, held-out cosine at every budget cut).
@@ -208,13 +211,28 @@ def train_progressive(spec: str, features, epochs: int = 100, batch_size: int = 
         raise ValueError(f"first_redo must be an int >= 1, got {first_redo!r}")
     if first_redo > 1:
         run["first_redo"] = first_redo
+    cuts = budget_cuts(codec)
+    weights = None  # the plain mean over cuts (the shipped recipe)
+    if cut_weights:
+        weights = torch.ones(len(cuts))
+        at = {c * codec.stage_bits: i for i, c in enumerate(cuts)}
+        for bits, w in cut_weights.items():
+            if bits not in at or not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0):
+                raise ValueError(f"cut_weights: {bits} bits -> {w!r}; the cuts are {sorted(at)} bits, weights finite and >= 0")
+            weights[at[bits]] = float(w)
+        if weights.sum() <= 0:
+            raise ValueError("cut_weights leave no cut with a positive weight")
+        run["cut_weights"] = {str(b): float(w) for b, w in sorted(cut_weights.items())}
+        weights = weights / weights.sum()
+
+    def nested(terms: torch.Tensor) -> torch.Tensor:  # (C,) normalised per-cut terms -> the loss
+        return terms.mean() if weights is None else (terms * weights).sum()
     key = run_key(run)
     ckpt = run_checkpoint_path(ckpt_path, key) if ckpt_path else None
     state = load_checkpoint(ckpt) if ckpt else None
     if state is not None and state.get("run_key") != key:
         logger.warning("%s: checkpoint %s belongs to another run; starting fresh", spec, ckpt)
         state = None
-    cuts = budget_cuts(codec)
     if state is not None:
         codec.load_state_dict(state["init_codec"])
         ref, history, init_s = state["ref"], state["history"], state["init_s"]
@@ -231,7 +249,7 @@ def train_progressive(spec: str, features, epochs: int = 100, batch_size: int = 
         ref = torch.as_tensor(1 - cos0, dtype=torch.float32).clamp_min(1e-6)  # per-cut normaliser
         if ddp:
             dist.broadcast(ref, 0)
-        val0 = float(((1 - torch.as_tensor(cos0)) / ref).mean())
+        val0 = float(nested((1 - torch.as_tensor(cos0)) / ref))
         history = [{"epoch": 0, "val_loss": val0, "val_cosine": dict(zip(map(str, cuts), np.round(cos0, 5).tolist())),
                     "seconds": round(init_s, 1)}]
         logger.info("%s init (residual k-means, %.0f s): held-out cosine %s", spec, init_s, history[0]["val_cosine"])
@@ -275,7 +293,7 @@ def train_progressive(spec: str, features, epochs: int = 100, batch_size: int = 
                 xb, sb = mine[it * local : (it + 1) * local], codes[it * local : (it + 1) * local]
                 dec = tables.prefix_decodes(sb, cuts)  # (B, C, D)
                 per_cut = (1 - F.cosine_similarity(dec, xb[:, None], dim=-1)).mean(0)  # (C,)
-                loss = (per_cut / ref).mean()
+                loss = nested(per_cut / ref)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if frozen_stages:
@@ -293,7 +311,7 @@ def train_progressive(spec: str, features, epochs: int = 100, batch_size: int = 
             tables.write_to(codec)
             cos = prefix_cosines(codec, x_va, cuts)
             over = max_seconds is not None and time.time() - t0 > max_seconds
-            val_t = torch.tensor([float(((1 - torch.as_tensor(cos)) / ref).mean()), float(over)], dtype=torch.float64)
+            val_t = torch.tensor([float(nested((1 - torch.as_tensor(cos)) / ref)), float(over)], dtype=torch.float64)
             if ddp:  # rank 0's loss and clock decide for all: every rank stops at the same epoch
                 dist.broadcast(val_t, 0)
             val, over = float(val_t[0]), bool(val_t[1])
@@ -328,7 +346,7 @@ def train_progressive(spec: str, features, epochs: int = 100, batch_size: int = 
         "finetune": ("nested loss: mean over budget cuts of (1 - cos(prefix, x)) / its value after init; codes re-assigned "
                      "greedily at the start of each epoch (a fresh random subset of epoch_items training items), fixed within it; Adam on unit-RMS codebooks and log-scales") if finetune else None,
         "kmeans_iters": kmeans_iters, "epoch_items": epoch_items, "patience": patience, "frozen_stages": frozen_stages,
-        "first_redo": first_redo,
+        "first_redo": first_redo, "cut_weights": run.get("cut_weights"),
         "cuts": cuts, "best_epoch": best[2], "epochs_run": len(history) - 1, "stopped": stop,
         "train_items": int(len(x_tr)), "holdout_items": int(len(x_va)),
         "holdout_cosine": float(cos_final[-1]),  # at full depth; every cut below
