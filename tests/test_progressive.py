@@ -51,6 +51,22 @@ def test_training_records_a_curve_and_more_stages_never_hurt(prq):
     assert card["best_epoch"] >= 0 and card["stopped"]
 
 
+def test_cut_weights_shape_the_nested_loss_and_bad_ones_are_refused(data):
+    torch.set_num_threads(1)
+    weights = {8: 3.0, 24: 0.0}  # the 2-stage cut counts 3 times, the full depth not at all
+    codec, card = train_progressive(SPEC, data, epochs=3, lr=3e-2, kmeans_iters=5, progress=False, cut_weights=weights)
+    assert card["cut_weights"] == {"8": 3.0, "24": 0.0}
+    h0 = card["history"][0]["val_cosine"]
+    w = {c: weights.get(int(c) * 4, 1.0) for c in h0}
+    for h in card["history"][1:]:  # the held-out loss is the weighted mean of the normalised terms, not the plain one
+        terms = {c: (1 - h["val_cosine"][c]) / (1 - h0[c]) for c in h0}
+        want, plain = sum(w[c] * terms[c] for c in h0) / sum(w.values()), sum(terms.values()) / len(h0)
+        assert h["val_loss"] == pytest.approx(want, abs=1e-4) and abs(plain - want) > 4e-4  # cosines kept to 1e-5
+    for bad in ({12: 2.0, 10: 1.0}, {8: -1.0}, {8: float("nan")}, {c * 4: 0.0 for c in budget_cuts(codec)}):
+        with pytest.raises(ValueError, match="cut"):
+            train_progressive(SPEC, data, epochs=1, kmeans_iters=5, progress=False, cut_weights=bad)
+
+
 def test_decoding_is_the_codebook_sum(prq, data):
     codec, _ = prq
     s = codec.encode(data[:20])
