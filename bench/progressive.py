@@ -78,6 +78,23 @@ class RotationSQ:
         return self.levels[np.searchsorted(edges, z)] @ self.r.T + self.mean
 
 
+def load_split(train: str, test: str, split_name: str):
+    """(x_tr, x_te, y_te, text): the training-class features (+ unlabelled photos, no test class), the unseen classes'
+    test features, their labels 0..n-1 and their class-name text features."""
+    from semcomp.data import load_features
+    from semcomp.splits import class_split
+
+    split = class_split(split_name)
+    tr, te = load_features(train), load_features(test)
+    keep_tr = np.isin(tr.labels, split["train_classes"]) | (tr.labels < 0)
+    x_tr = np.ascontiguousarray(tr.features[keep_tr], dtype=np.float32)
+    mask = np.isin(te.labels, split["test_classes"])
+    remap = {c: i for i, c in enumerate(split["test_classes"])}
+    y_te = np.asarray([remap[int(v)] for v in te.labels[mask]])
+    x_te = np.ascontiguousarray(te.features[mask], dtype=np.float32)
+    return x_tr, x_te, y_te, te.metadata["_extra"]["text_features"][split["test_classes"]]
+
+
 def peer_configs(d: int, bits: int, a) -> list[tuple[str, object]]:
     """(method, codec) fitted at exactly ``bits``."""
     out = []
@@ -196,21 +213,13 @@ def main():
     import faiss
 
     from semcomp.codecs import load_codec
-    from semcomp.data import load_features
     from semcomp.splits import class_split
     from semcomp.zoo import shipped_codecs
 
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)
     split = class_split(a.split_name)
-    tr, te = load_features(a.train), load_features(a.test)
-    keep_tr = np.isin(tr.labels, split["train_classes"]) | (tr.labels < 0)  # training classes + photos (no test class)
-    x_tr = np.ascontiguousarray(tr.features[keep_tr], dtype=np.float32)
-    mask = np.isin(te.labels, split["test_classes"])
-    remap = {c: i for i, c in enumerate(split["test_classes"])}
-    y_te = np.asarray([remap[int(v)] for v in te.labels[mask]])
-    x_te = np.ascontiguousarray(te.features[mask], dtype=np.float32)
-    text = te.metadata["_extra"]["text_features"][split["test_classes"]]
+    x_tr, x_te, y_te, text = load_split(a.train, a.test, a.split_name)
     d = x_te.shape[1]
     codecs = [load_codec(c) for c in a.codec] if a.part != "peers" else []
     codec = codecs[0] if codecs else None

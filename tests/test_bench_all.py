@@ -47,3 +47,22 @@ def test_semcomp_bench_passes_its_options_to_bench_all():
 
     p = subprocess.run([sys.executable, "-m", "semcomp.cli", "bench", "--only", "nonsense"], cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == 2 and "unknown steps" in p.stderr
+
+
+def test_paired_bootstrap_difference_and_its_standard_error():
+    import numpy as np
+
+    from bench.paired_se import bootstrap
+
+    rng = np.random.default_rng(0)
+    a = rng.random((3, 2000)) < 0.55
+    r = bootstrap(a, a.copy(), draws=500, seed=0)
+    assert r["diff_points"] == 0 and r["se_images_only"] == 0 and r["se_points"] > 0  # the seeds still differ
+    assert bootstrap(a[:1], a[:1].copy(), draws=50, seed=0)["discordant_images_mean"] == 0
+    # one seed each, b = a with 200 images flipped wrong and 100 flipped right: the paired SE is sqrt(300) / n
+    b = a[:1].copy()
+    wrong, right = np.flatnonzero(b[0])[:200], np.flatnonzero(~b[0])[:100]
+    b[0, wrong], b[0, right] = False, True
+    r = bootstrap(a[:1], b, draws=4000, seed=1)
+    assert abs(r["diff_points"] - 5.0) < 1e-9 and r["se_seeds_only"] == 0
+    assert abs(r["se_points"] - 100 * np.sqrt(300) / 2000) < 0.1 and r["ci95_points"][0] < 5 < r["ci95_points"][1]
