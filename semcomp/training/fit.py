@@ -166,6 +166,7 @@ def fit(backbone, source, *, specs: list[str] | None = None, budgets: list[int] 
     from ..backbone import weights_sha256_of
     from ..extract import extract
     from ..zoo import backbone_dirname, user_codecs_dir
+    from .progressive import RECIPE_FROZEN_STAGES, RECIPE_INIT_BEAM, RECIPE_MAX_EPOCHS
 
     rank, world = _distributed()
     weights = weights_sha256_of(backbone)  # recorded in each card: loads for other weights of this backbone fail
@@ -204,8 +205,6 @@ def fit(backbone, source, *, specs: list[str] | None = None, budgets: list[int] 
     feats_sha = features_sha256(x_fit)
     out_root = Path(out_dir) if out_dir else user_codecs_dir()
     written = []
-    from .progressive import RECIPE_FROZEN_STAGES, RECIPE_INIT_BEAM, RECIPE_MAX_EPOCHS
-
     for spec in specs:
         progressive = spec.startswith("prq-")
         hyper = {"spec": spec, "features_sha256": feats_sha, "epochs": epochs, "batch_size": batch_size, "lr": lr,
