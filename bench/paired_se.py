@@ -11,7 +11,7 @@ beside it.
     python bench/paired_se.py --codec ~/.cache/semcomp/codecs-plateau/seed{0,1,2}/prq-s128o32k256 \\
         --train ~/.cache/semcomp/features/lite-tin-train.safetensors --test ~/.cache/semcomp/features/lite-val.safetensors
 
-Writes bench/results/paired_se.{json,md}.
+Writes bench/results/<--out-name, default paired_se>.{json,md}.
 """
 from __future__ import annotations
 
@@ -80,6 +80,7 @@ def main() -> None:
     ap.add_argument("--beam", type=int, default=8)
     ap.add_argument("--beam-max", type=int, default=128, help="beam only up to this budget, as bench/progressive.py")
     ap.add_argument("--draws", type=int, default=10000)
+    ap.add_argument("--out-name", default="paired_se")
     # the peer configs of bench/progressive.py, at its defaults
     ap.add_argument("--rq-max", type=int, default=64)
     ap.add_argument("--rq-beam", type=int, default=5)
@@ -124,7 +125,7 @@ def main() -> None:
            "codecs": a.codec, "seeds": a.seeds, "draws": a.draws, "top1_per_seed": top1, "comparisons": rows,
            "method": "difference of seed-mean top-1; SE = std over bootstrap draws resampling images (paired) and each "
                      "method's seeds (with replacement); seeds-only and images-only SEs resample one level"}
-    path = record("paired_se", rep)
+    path = record(a.out_name, rep)
     lines = ["# prq vs peers: the top-1 difference and its standard error", "",
              f"Zero-shot top-1 on {len(x_te)} unseen-class images, {len(codecs)} prq seeds vs {a.seeds} seeds of each peer; "
              f"{a.draws} bootstrap draws. SE: images (paired) and seeds resampled together.", "",
@@ -135,7 +136,7 @@ def main() -> None:
               f"{r['se_images_only']:.2f} |" for r in rows]
     lines += ["", "Per-seed top-1 (%): " + "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in top1.items()) + ".",
               "", f"Command: `python {' '.join(sys.argv)}`."]
-    (RESULTS / "paired_se.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{a.out_name}.md").write_text("\n".join(lines) + "\n")
     print("wrote", path)
 
 
