@@ -111,3 +111,27 @@ python bench/progressive.py --part prq --codec "$CACHE"/codecs-redo/seed{0,1,2}/
     --train "$FEAT/lite-tin-train.safetensors" --test "$FEAT/lite-val.safetensors" --out-name progressive_redo
 python bench/progressive.py --part merge --codec none --train - --test - --out-name progressive_redo \
     --peers-name progressive_beaminit progressive_lsqseeds
+# the 1-SE tie rule with the test images counted (paired bootstrap over images and seeds)
+python bench/paired_se.py --codec "$CACHE"/codecs-plateau/seed{0,1,2}/prq-s128o32k256 \
+    --train "$FEAT/lite-tin-train.safetensors" --test "$FEAT/lite-val.safetensors"
+python bench/progressive_speed.py --features "$FEAT/lite-val.safetensors" --budgets 8 32 64 128 256 512 1024
+
+# 9. probes, not shipped (README "On photos no codec trained on"): the recipe with 3,840 ImageNet-sample photo views
+# beside the thumbnails (3 seeds), and 64 own codebooks (seed 0); then every codec on photos no codec trained on
+[ -f "$FEAT/lite-tin-train-photos.safetensors" ] || python -m semcomp.training.tower_features --backbone $BB \
+    --codec-train-file "$FEAT/lite-tin-train-photos.safetensors" --shards "$ALIGN_SHARDS" --views 3
+for seed in 0 1 2; do
+  [ -f "$CACHE/codecs-photos/seed$seed/prq-s128o32k256/model.safetensors" ] || semcomp -v train --spec prq-s128o32k256 \
+      --features "$FEAT/lite-tin-train-photos.safetensors" --split-name tiny-imagenet --epochs 1000 --threads 1 \
+      --max-minutes 40 --seed $seed --out-dir "$CACHE/codecs-photos/seed$seed"
+done
+[ -f "$CACHE/codecs-o64/seed0/prq-s128o64k256/model.safetensors" ] || semcomp -v train --spec prq-s128o64k256 \
+    --features "$FEAT/lite-tin-train.safetensors" --split-name tiny-imagenet --epochs 1000 --threads 1 --max-minutes 40 \
+    --seed 0 --out-dir "$CACHE/codecs-o64/seed0"
+python bench/photo_codecs.py --threads 1 --codec "$CACHE"/codecs-photos/seed{0,1,2}/prq-s128o32k256 \
+    "$CACHE"/codecs-plateau/seed{1,2}/prq-s128o32k256 "$CACHE/codecs-o64/seed0/prq-s128o64k256"
+python bench/paired_se.py --codec "$CACHE"/codecs-photos/seed{0,1,2}/prq-s128o32k256 --train "$FEAT/lite-tin-train.safetensors" \
+    --test "$FEAT/lite-val.safetensors" --out-name paired_se_photos
+python bench/paired_se.py --codec "$CACHE/codecs-o64/seed0/prq-s128o64k256" --train "$FEAT/lite-tin-train.safetensors" \
+    --test "$FEAT/lite-val.safetensors" --budgets 8 16 64 256 512 768 1024 \
+    --peers "faiss PQ" "PCA + uniform SQ4" "faiss RQ (beam 5)" "faiss LSQ" --out-name paired_se_o64_probe
