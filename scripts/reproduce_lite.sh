@@ -128,8 +128,16 @@ done
 [ -f "$CACHE/codecs-o64/seed0/prq-s128o64k256/model.safetensors" ] || semcomp -v train --spec prq-s128o64k256 \
     --features "$FEAT/lite-tin-train.safetensors" --split-name tiny-imagenet --epochs 1000 --threads 1 --max-minutes 40 \
     --seed 0 --out-dir "$CACHE/codecs-o64/seed0"
+for seed in 0 1 2; do  # both: 64 own codebooks trained with the photo views (the next shipping candidate)
+  [ -f "$CACHE/codecs-o64photos/seed$seed/prq-s128o64k256/model.safetensors" ] || semcomp -v train --spec prq-s128o64k256 \
+      --features "$FEAT/lite-tin-train-photos.safetensors" --split-name tiny-imagenet --epochs 1000 --threads 1 \
+      --max-minutes 40 --seed $seed --out-dir "$CACHE/codecs-o64photos/seed$seed"
+done
 python bench/photo_codecs.py --threads 1 --codec "$CACHE"/codecs-photos/seed{0,1,2}/prq-s128o32k256 \
-    "$CACHE"/codecs-plateau/seed{1,2}/prq-s128o32k256 "$CACHE/codecs-o64/seed0/prq-s128o64k256"
+    "$CACHE"/codecs-plateau/seed{1,2}/prq-s128o32k256 "$CACHE/codecs-o64/seed0/prq-s128o64k256" \
+    "$CACHE"/codecs-o64photos/seed{0,1,2}/prq-s128o64k256
+python bench/paired_se.py --codec "$CACHE"/codecs-o64photos/seed{0,1,2}/prq-s128o64k256 \
+    --train "$FEAT/lite-tin-train.safetensors" --test "$FEAT/lite-val.safetensors" --out-name paired_se_o64photos
 python bench/paired_se.py --codec "$CACHE"/codecs-photos/seed{0,1,2}/prq-s128o32k256 --train "$FEAT/lite-tin-train.safetensors" \
     --test "$FEAT/lite-val.safetensors" --out-name paired_se_photos
 python bench/paired_se.py --codec "$CACHE/codecs-o64/seed0/prq-s128o64k256" --train "$FEAT/lite-tin-train.safetensors" \
