@@ -32,11 +32,11 @@ from bench.common import RESULTS, record  # noqa: E402
 PRQ_BUDGETS = [16, 32, 64, 128, 256, 1024]
 
 
-def photo_sets(bb, split_name: str) -> dict[str, tuple[torch.Tensor, np.ndarray | None]]:
+def photo_sets(bb, split_name: str, test: str) -> dict[str, tuple[torch.Tensor, np.ndarray | None]]:
     """name -> (unit features (N, D), ImageNet-1k labels or None)."""
     from PIL import Image
 
-    from semcomp.data import load_features
+    from semcomp.data import load_features, tiny_imagenet_classes
     from semcomp.splits import class_split
     from semcomp.training.tower_features import assets_dir, imagenet_wnids, load_cached
 
@@ -45,18 +45,16 @@ def photo_sets(bb, split_name: str) -> dict[str, tuple[torch.Tensor, np.ndarray 
         x_kodak = F.normalize(torch.as_tensor(bb.encode_images([Image.open(p).convert("RGB") for p in kodak])).float(), dim=-1)
     cfg = bb.model.cfg
     c = load_cached(cfg.tower, cfg.image_size, "inet-samples", None, 0)
-    wnids = imagenet_wnids()
-    from semcomp.data import tiny_imagenet_classes
-
+    inet_index = {w: i for i, w in enumerate(imagenet_wnids())}
     tin = tiny_imagenet_classes(assets_dir() / "tiny-imagenet")
     test_wnids = {tin[i]["wnid"] for i in class_split(split_name)["test_classes"]}
     keep = np.array([w in test_wnids for w in c["wnids"]])
     with torch.no_grad():
         x_inet = F.normalize(bb.model.encode_pooled(c["pooled"][torch.from_numpy(keep)]), dim=-1)
-    y_inet = np.array([wnids.index(w) for w, k in zip(c["wnids"], keep) if k])
-    val = load_features(Path.home() / ".cache" / "semcomp" / "features" / "lite-val.safetensors")
+    y_inet = np.array([inet_index[w] for w, k in zip(c["wnids"], keep) if k])
+    val = load_features(test)
     m = np.isin(val.labels, class_split(split_name)["test_classes"])
-    tin_to_inet = {t["index"]: wnids.index(t["wnid"]) for t in tin}
+    tin_to_inet = {t["index"]: inet_index[t["wnid"]] for t in tin}
     x_val = F.normalize(torch.as_tensor(val.features[m]).float(), dim=-1)
     y_val = np.array([tin_to_inet[int(v)] for v in val.labels[m]])
     return {f"Kodak ({len(kodak)} photos)": (x_kodak, None),
@@ -76,22 +74,24 @@ def main() -> None:
     ap.add_argument("--backbone", default="semcomp-lite-clip")
     ap.add_argument("--split-name", default="tiny-imagenet")
     ap.add_argument("--codec", nargs="*", default=[], help="more codec folders to measure (e.g. a refit prq)")
+    ap.add_argument("--test", default=str(Path.home() / ".cache" / "semcomp" / "features" / "lite-val.safetensors"),
+                    help="Tiny-ImageNet val features (the thumbnails of the same classes)")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     bb = load_backbone(a.backbone)
     clf = ZeroShotClassifier.from_backbone(bb, list(IMAGENET_CLASSNAMES))
-    sets = photo_sets(bb, a.split_name)
+    sets = photo_sets(bb, a.split_name, a.test)
     codecs = [(c["spec"], Path(c["path"])) for c in shipped_codecs(a.backbone)]
     codecs += [(f"{Path(p).name} ({Path(p).parent.parent.name}/{Path(p).parent.name})", Path(p)) for p in a.codec]
+    codecs = [(label, load_codec(path)) for label, path in codecs]  # once, not once per photo set
     rows = []
     for name, (x, y) in sets.items():
         top_orig = clf.logits(x).argmax(1).numpy()
         base = {"set": name, "items": len(x)}
         rows.append({**base, "codec": "float", "bits": 32 * x.shape[1], "mean_cosine": 1.0, "agreement": 1.0,
                      "top1": float((top_orig == y).mean()) if y is not None else None})
-        for label, path in codecs:
-            codec = load_codec(path)
+        for label, codec in codecs:
             for bits in PRQ_BUDGETS if codec.family == "prq" else [codec.bits]:
                 kw = {"stages": codec.stages_for_bits(bits)} if codec.family == "prq" else {}
                 dec = codec.decode(codec.encode(x, **kw))
