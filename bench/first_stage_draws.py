@@ -52,7 +52,7 @@ def main() -> None:
     seen, unseen = np.asarray(split["train_classes"]), np.asarray(split["test_classes"])
     tr, te = load_file(a.train), load_file(a.test)
     x = F.normalize(torch.from_numpy(tr["features"]).float(), dim=-1)
-    keep = np.isin(tr["labels"], seen) | (tr["labels"] < 0)  # as semcomp train: training classes + photos
+    keep = np.isin(tr["labels"], seen) | (tr["labels"] < 0)  # as semcomp train --keep-unlabelled: training classes + unlabelled photos
     x, y = x[keep], tr["labels"][keep]
     fit_idx, val_idx = holdout_split(len(x), 0.1, 0)  # semcomp train --seed 0's held-out slice
     x_fit, x_val, y_val = x[fit_idx], x[val_idx], y[val_idx]

@@ -120,7 +120,7 @@ def main() -> None:
                     r["ci95_excludes_0"] = "above" if lo > 0 else "below" if hi < 0 else "no"
                     rows.append(r)
                     print(r, flush=True)
-    rep = {"data": f"fit: {a.train} (training classes + photos, no test class; peers on {a.max_train} sampled items "
+    rep = {"data": f"fit: {a.train} (peers: the training classes and any unlabelled items, no test class; peers on {a.max_train} sampled items "
                    f"per seed as bench/progressive.py); test: {a.test} ({len(x_te)} images of the unseen classes)",
            "codecs": a.codec, "seeds": a.seeds, "draws": a.draws, "top1_per_seed": top1, "comparisons": rows,
            "method": "difference of seed-mean top-1; SE = std over bootstrap draws resampling images (paired) and each "

@@ -269,7 +269,7 @@ def main():
     speeds = [speed(codec, x_te, b) for b in (8, 32, 64, 128, 256, 512, 1024) if b in a.budgets]
     cards = [json.loads((Path(c) / "card.json").read_text()) for c in a.codec]
     card = cards[0]
-    rep = {"data": f"fit: {a.train} ({len(x_tr)} features: training classes + photos, no test class); test: {a.test} "
+    rep = {"data": f"fit: {a.train} ({len(x_tr)} features: the training classes and any unlabelled items, no test class); test: {a.test} "
                    f"({len(x_te)} features of the {len(split['test_classes'])} unseen classes)",
            "codec": codec.spec, "codec_card": {k: card.get(k) for k in ("epochs_run", "best_epoch", "stopped", "wall_time_s", "frozen_stages")},
            "backbone": a.backbone, "float": {"top1": fl["top1"], "top5": fl["top5"]}, "test_items": int(len(x_te)),
@@ -319,7 +319,7 @@ def salvage_prq(a) -> None:
     fl = evaluate("float", "float", 32 * x_te.shape[1], x_te, x_te, y_te, te.metadata["_extra"]["text_features"][split["test_classes"]])
     codec = load_codec(a.codec[0])
     speeds = [speed(codec, x_te, b) for b in (8, 32, 64, 128, 256, 512, 1024) if b in a.budgets]
-    rep = {"data": f"fit: {a.train} (training classes + photos, no test class); test: {a.test} (unseen classes)",
+    rep = {"data": f"fit: {a.train} (the training classes and any unlabelled items, no test class); test: {a.test} (unseen classes)",
            "codec": card["spec"], "codec_card": {k: card.get(k) for k in ("epochs_run", "best_epoch", "stopped", "wall_time_s")},
            "backbone": a.backbone, "float": {"top1": fl["top1"], "top5": fl["top5"]}, "test_items": int(len(x_te)),
            "train": a.train, "test": a.test, "results": rows, "speed_1thread": speeds,

@@ -105,13 +105,15 @@ def _image_bytes(image, path: Path) -> bytes:
     return buf.getvalue()
 
 
-def _select(fs, split_name: str | None, part: str):
+def _select(fs, split_name: str | None, part: str, keep_unlabelled: bool = False):
+    """The items of the split's ``part`` classes; with ``keep_unlabelled`` also those labelled -1 (a codec-training
+    file's photos outside the split's classes: tower_features --codec-train-file leaves the test classes out)."""
     if not split_name:
         return fs
     from .splits import class_split
 
-    keep = np.asarray(class_split(split_name)[f"{part}_classes"])
-    return fs.subset(np.isin(fs.labels, keep))
+    keep = np.isin(fs.labels, np.asarray(class_split(split_name)[f"{part}_classes"]))
+    return fs.subset(keep | (fs.labels < 0) if keep_unlabelled else keep)
 
 
 # ----------------------------------------------------------------------------- extract
@@ -153,7 +155,7 @@ def cmd_train(a) -> None:
     from .training.progressive import RECIPE_MAX_EPOCHS
 
     torch.set_num_threads(a.threads) if a.threads else None
-    fs = _select(load_features(_input_file(a.features, "feature file")), a.split_name, "train")
+    fs = _select(load_features(_input_file(a.features, "feature file")), a.split_name, "train", a.keep_unlabelled)
     for spec in a.spec:
         out = Path(a.out_dir) / spec
         if (out / "model.safetensors").exists() and not a.force:
@@ -167,7 +169,8 @@ def cmd_train(a) -> None:
         codec.backbone = fs.metadata.get("backbone", "")
         codec.backbone_sha256 = fs.metadata.get("backbone_sha256") or None  # the weights the features came from
         card.update({"backbone": codec.backbone, "data": {"features": str(a.features), "split": a.split_name,
-                     "classes": "train", "dataset": fs.metadata.get("dataset")},
+                     "classes": "train + unlabelled" if a.keep_unlabelled and a.split_name else "train",
+                     "dataset": fs.metadata.get("dataset")},
                      "command": "semcomp " + " ".join(a.argv)})
         codec.save_pretrained(out, card)
         logger.info("saved %s (%d bits, holdout cosine %.4f)", out, codec.bits, card["holdout_cosine"])
@@ -794,6 +797,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--spec", nargs="+", required=True, help="codec specs, e.g. pqvae-n32d8k16 aesq-c200l8")
     t.add_argument("--features", required=True)
     t.add_argument("--split-name", help="train only on this committed split's training classes, e.g. tiny-imagenet")
+    t.add_argument("--keep-unlabelled", action="store_true", help="with --split-name, also train on the items labelled "
+                   "-1 (the photo views of a --codec-train-file, which has no test class); without it they are dropped")
     t.add_argument("--out-dir", default="weights/codecs")
     t.add_argument("--ckpt-dir", default=str(Path.home() / ".cache" / "semcomp" / "codec-ckpt"))
     t.add_argument("--epochs", type=int, help="default 30; prq: 1000, a ceiling (early stopping ends it)")

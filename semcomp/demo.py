@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 RATE_RESULTS = ROOT / "bench" / "results" / "rate_accuracy.json"
 # the shipped progressive model's measured curve (bench/progressive.py --part prq): one model, every cut
-PROGRESSIVE_RESULTS = ROOT / "bench" / "results" / "progressive_frozen_prq.json"  # rows carry each codec's sha256
+PROGRESSIVE_RESULTS = ROOT / "bench" / "results" / "progressive_photos_prq.json"  # rows carry each codec's sha256
 
 CODERS = ("auto", "ans", "huffman", "raw")
 CUSTOM = "Custom"

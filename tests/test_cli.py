@@ -275,3 +275,30 @@ def test_an_unexpected_error_is_one_line_exit_1_traceback_only_with_v(tmp_path, 
     caplog.clear()
     assert main(["-v"] + argv) == 2
     assert any(r.exc_info for r in caplog.records)  # -v: the traceback, for a bug report
+
+
+def test_train_keeps_unlabelled_photo_views_only_when_asked(tmp_path):
+    """A codec-training file marks photo views outside the split's classes -1; --split-name alone drops them (the
+    shipped prq's recipe), --keep-unlabelled trains on them too, and neither ever keeps a test-class item."""
+    from semcomp.cli import _select
+    from semcomp.splits import class_split
+
+    split = class_split("tiny-imagenet")
+    seen, unseen = split["train_classes"][:3], split["test_classes"][:2]
+    labels = np.array([seen[0]] * 40 + [seen[1]] * 40 + [seen[2]] * 40 + [unseen[0]] * 30 + [unseen[1]] * 30 + [-1] * 60)
+    x = np.random.default_rng(0).standard_normal((len(labels), 16)).astype(np.float32)
+    fs = FeatureSet(x, labels, {"backbone": "synthetic", "class_names": [f"c{i}" for i in range(200)]})
+    assert len(_select(fs, "tiny-imagenet", "train").labels) == 120
+    kept = _select(fs, "tiny-imagenet", "train", keep_unlabelled=True).labels
+    assert len(kept) == 180 and not np.isin(kept, unseen).any()
+    p = tmp_path / "f.safetensors"
+    save_features(p, fs)
+    cards = {}
+    for flag in ([], ["--keep-unlabelled"]):
+        out = tmp_path / ("keep" if flag else "drop")
+        assert main(["train", "--features", str(p), "--split-name", "tiny-imagenet", *flag, "--spec", "fsq-c4l4",
+                     "--epochs", "1", "--out-dir", str(out)]) == 0
+        cards[bool(flag)] = json.loads((out / "fsq-c4l4" / "card.json").read_text())
+    assert cards[False]["train_items"] + cards[False]["holdout_items"] == 120
+    assert cards[True]["train_items"] + cards[True]["holdout_items"] == 180
+    assert cards[True]["data"]["classes"] == "train + unlabelled" and cards[False]["data"]["classes"] == "train"
