@@ -35,6 +35,8 @@ if [ "$(cat "$FEAT/lite.sha" 2>/dev/null)" != "$SHA" ]; then rm -f "$FEAT"/lite-
     --backbone $BB --split tin-train --shards "$CODEC_SHARDS"
 [ -f "$FEAT/lite-tin-train.safetensors" ] || python -m semcomp.training.tower_features --feature-file "$FEAT/lite-tin-train.safetensors" \
     --backbone $BB --split tin-train --shards "$ALIGN_SHARDS"
+[ -f "$FEAT/lite-tin-train-photos.safetensors" ] || python -m semcomp.training.tower_features --backbone $BB \
+    --codec-train-file "$FEAT/lite-tin-train-photos.safetensors" --shards "$ALIGN_SHARDS" --views 3   # 36 shards + photos
 
 # 4. the codec ladder on the 160 codec-training classes (assets/splits/tiny-imagenet.json) + the photo views, staged
 # outside the repo, then copied over the shipped folders (one thread each: two trainings share the 2 cores)
@@ -45,15 +47,16 @@ for s in $SPECS; do
   [ -f "$STAGE/$BB/$s/model.safetensors" ] || semcomp train --features "$FEAT/lite-train-photos.safetensors" \
       --spec "$s" --epochs "${EPOCHS:-30}" --batch-size 256 --lr 2e-3 --threads 1 --out-dir "$STAGE/$BB" --ckpt-dir "$CACHE/codec-ckpt-a"
 done
-# 5. the progressive codec (every budget from one model) on the 36 shards' training classes: three seeds of one
-# recipe (first stage kept at its k-means; trained until the held-out loss stops improving, 40 minutes at most, one
-# thread each, two at a time); seed 0 ships, chosen before any was measured (README: "One progressive model")
+# 5. the progressive codec (every budget from one model) on the 36 shards' training classes and the photo views of
+# those classes (--split-name drops the file's other, unlabelled views): three seeds of one recipe (semcomp train's
+# prq defaults: first stage kept at its k-means; trained until the held-out loss stops improving, 40 minutes at most,
+# one thread each, two at a time); seed 0 ships, chosen before any was measured (README: "One progressive model")
 for seed in 0 1 2; do
-  [ -f "$CACHE/codecs-plateau/seed$seed/prq-s128o32k256/model.safetensors" ] || semcomp -v train --spec prq-s128o32k256 \
-      --features "$FEAT/lite-tin-train.safetensors" --split-name tiny-imagenet --prq-init-beam 5 --prq-frozen-stages 1 \
-      --epochs 1000 --threads 1 --max-minutes 40 --seed $seed --out-dir "$CACHE/codecs-plateau/seed$seed"
+  [ -f "$CACHE/codecs-photos/seed$seed/prq-s128o32k256/model.safetensors" ] || semcomp -v train --spec prq-s128o32k256 \
+      --features "$FEAT/lite-tin-train-photos.safetensors" --split-name tiny-imagenet --epochs 1000 --threads 1 \
+      --max-minutes 40 --seed $seed --out-dir "$CACHE/codecs-photos/seed$seed"
 done
-mkdir -p "$STAGE/prq" && rm -rf "$STAGE/prq/prq-s128o32k256" && cp -r "$CACHE/codecs-plateau/seed0/prq-s128o32k256" "$STAGE/prq/"
+mkdir -p "$STAGE/prq" && rm -rf "$STAGE/prq/prq-s128o32k256" && cp -r "$CACHE/codecs-photos/seed0/prq-s128o32k256" "$STAGE/prq/"
 for d in "$STAGE/$BB"/*/ "$STAGE/prq/prq-s128o32k256/"; do
   rm -rf "weights/codecs/$BB/$(basename "$d")"; cp -r "$d" "weights/codecs/$BB/$(basename "$d")"
 done
@@ -96,10 +99,26 @@ python bench/progressive.py --part peers --codec none --train "$FEAT/lite-tin-tr
     --max-train 10000 --seeds 3 --seed-budgets 8 16 --opq-budgets 32 64 --out-name progressive_beaminit
 python bench/progressive.py --part peers --codec none --train "$FEAT/lite-tin-train.safetensors" --test "$FEAT/lite-val.safetensors" \
     --max-train 10000 --seeds 3 --seed-budgets 8 16 --budgets 8 16 --no-ladder --out-name progressive_lsqseeds
+python bench/progressive.py --part prq --codec "$CACHE"/codecs-photos/seed{0,1,2}/prq-s128o32k256 \
+    --train "$FEAT/lite-tin-train.safetensors" --test "$FEAT/lite-val.safetensors" --out-name progressive_photos
+python bench/progressive.py --part merge --codec none --train - --test - --out-name progressive_photos \
+    --peers-name progressive_beaminit progressive_lsqseeds
+# the 1-SE tie rule with the test images counted (paired bootstrap over images and seeds), and encode/decode speed
+python bench/paired_se.py --codec "$CACHE"/codecs-photos/seed{0,1,2}/prq-s128o32k256 --train "$FEAT/lite-tin-train.safetensors" \
+    --test "$FEAT/lite-val.safetensors" --out-name paired_se_photos
+python bench/progressive_speed.py --features "$FEAT/lite-val.safetensors" --budgets 8 32 64 128 256 512 1024
+# the recipe on the thumbnails only (the shipped codec until 2026-12-05): 3 seeds, its table and its paired SE
+for seed in 0 1 2; do
+  [ -f "$CACHE/codecs-plateau/seed$seed/prq-s128o32k256/model.safetensors" ] || semcomp -v train --spec prq-s128o32k256 \
+      --features "$FEAT/lite-tin-train.safetensors" --split-name tiny-imagenet --epochs 1000 --threads 1 --max-minutes 40 \
+      --seed $seed --out-dir "$CACHE/codecs-plateau/seed$seed"
+done
 python bench/progressive.py --part prq --codec "$CACHE"/codecs-plateau/seed{0,1,2}/prq-s128o32k256 \
     --train "$FEAT/lite-tin-train.safetensors" --test "$FEAT/lite-val.safetensors" --out-name progressive_frozen
 python bench/progressive.py --part merge --codec none --train - --test - --out-name progressive_frozen \
     --peers-name progressive_beaminit progressive_lsqseeds
+python bench/paired_se.py --codec "$CACHE"/codecs-plateau/seed{0,1,2}/prq-s128o32k256 \
+    --train "$FEAT/lite-tin-train.safetensors" --test "$FEAT/lite-val.safetensors"
 # the 8-bit cut as a k-means draw, and the first-stage-redo recipe tried against it (3 seeds; not shipped)
 python bench/first_stage_draws.py --train "$FEAT/lite-tin-train.safetensors" --test "$FEAT/lite-val.safetensors"
 for seed in 0 1 2; do
@@ -111,35 +130,22 @@ python bench/progressive.py --part prq --codec "$CACHE"/codecs-redo/seed{0,1,2}/
     --train "$FEAT/lite-tin-train.safetensors" --test "$FEAT/lite-val.safetensors" --out-name progressive_redo
 python bench/progressive.py --part merge --codec none --train - --test - --out-name progressive_redo \
     --peers-name progressive_beaminit progressive_lsqseeds
-# the 1-SE tie rule with the test images counted (paired bootstrap over images and seeds)
-python bench/paired_se.py --codec "$CACHE"/codecs-plateau/seed{0,1,2}/prq-s128o32k256 \
-    --train "$FEAT/lite-tin-train.safetensors" --test "$FEAT/lite-val.safetensors"
-python bench/progressive_speed.py --features "$FEAT/lite-val.safetensors" --budgets 8 32 64 128 256 512 1024
 
-# 9. probes, not shipped (README "On photos no codec trained on"): the recipe with 3,840 ImageNet-sample photo views
-# beside the thumbnails (3 seeds), and 64 own codebooks (seed 0); then every codec on photos no codec trained on
-[ -f "$FEAT/lite-tin-train-photos.safetensors" ] || python -m semcomp.training.tower_features --backbone $BB \
-    --codec-train-file "$FEAT/lite-tin-train-photos.safetensors" --shards "$ALIGN_SHARDS" --views 3
-for seed in 0 1 2; do
-  [ -f "$CACHE/codecs-photos/seed$seed/prq-s128o32k256/model.safetensors" ] || semcomp -v train --spec prq-s128o32k256 \
-      --features "$FEAT/lite-tin-train-photos.safetensors" --split-name tiny-imagenet --epochs 1000 --threads 1 \
-      --max-minutes 40 --seed $seed --out-dir "$CACHE/codecs-photos/seed$seed"
-done
+# 9. probes, not shipped (README "On photos no codec trained on"): 64 own codebooks (seed 0 on the thumbnails, 3
+# seeds with the photo views); then every codec on photos no codec trained on
 [ -f "$CACHE/codecs-o64/seed0/prq-s128o64k256/model.safetensors" ] || semcomp -v train --spec prq-s128o64k256 \
     --features "$FEAT/lite-tin-train.safetensors" --split-name tiny-imagenet --epochs 1000 --threads 1 --max-minutes 40 \
     --seed 0 --out-dir "$CACHE/codecs-o64/seed0"
-for seed in 0 1 2; do  # both: 64 own codebooks trained with the photo views (the next shipping candidate)
+for seed in 0 1 2; do  # both: 64 own codebooks trained with the photo views
   [ -f "$CACHE/codecs-o64photos/seed$seed/prq-s128o64k256/model.safetensors" ] || semcomp -v train --spec prq-s128o64k256 \
       --features "$FEAT/lite-tin-train-photos.safetensors" --split-name tiny-imagenet --epochs 1000 --threads 1 \
       --max-minutes 40 --seed $seed --out-dir "$CACHE/codecs-o64photos/seed$seed"
 done
-python bench/photo_codecs.py --threads 1 --codec "$CACHE"/codecs-photos/seed{0,1,2}/prq-s128o32k256 \
-    "$CACHE"/codecs-plateau/seed{1,2}/prq-s128o32k256 "$CACHE/codecs-o64/seed0/prq-s128o64k256" \
+python bench/photo_codecs.py --threads 1 --codec "$CACHE"/codecs-photos/seed{1,2}/prq-s128o32k256 \
+    "$CACHE"/codecs-plateau/seed{0,1,2}/prq-s128o32k256 "$CACHE/codecs-o64/seed0/prq-s128o64k256" \
     "$CACHE"/codecs-o64photos/seed{0,1,2}/prq-s128o64k256
 python bench/paired_se.py --codec "$CACHE"/codecs-o64photos/seed{0,1,2}/prq-s128o64k256 \
     --train "$FEAT/lite-tin-train.safetensors" --test "$FEAT/lite-val.safetensors" --out-name paired_se_o64photos
-python bench/paired_se.py --codec "$CACHE"/codecs-photos/seed{0,1,2}/prq-s128o32k256 --train "$FEAT/lite-tin-train.safetensors" \
-    --test "$FEAT/lite-val.safetensors" --out-name paired_se_photos
 python bench/paired_se.py --codec "$CACHE/codecs-o64/seed0/prq-s128o64k256" --train "$FEAT/lite-tin-train.safetensors" \
     --test "$FEAT/lite-val.safetensors" --budgets 8 16 64 256 512 768 1024 \
     --peers "faiss PQ" "PCA + uniform SQ4" "faiss RQ (beam 5)" "faiss LSQ" --out-name paired_se_o64_probe

@@ -31,8 +31,8 @@ logger = logging.getLogger(__name__)
 
 BUDGETS = (8, 16, 24, 32, 48, 64, 96, 128, 256, 512, 1024)  # the bit budgets the nested loss weighs
 # The shipped recipe (weights/codecs/semcomp-lite-clip/prq-s128o32k256): faiss.ResidualQuantizer init with beam 5,
-# the first codebook kept at that init, fine-tuned until early stopping (114-136 epochs on 26 k features, 3 seeds;
-# bench/results/progressive_frozen.md). `semcomp train` and `semcomp fit` default to it for prq specs.
+# the first codebook kept at that init, fine-tuned until early stopping (107-122 epochs on 26.6 k features with photo
+# views, 3 seeds; bench/results/progressive_photos.md). `semcomp train` and `semcomp fit` default to it for prq specs.
 RECIPE_INIT_BEAM = 5
 RECIPE_FROZEN_STAGES = 1
 RECIPE_MAX_EPOCHS = 1000  # a ceiling: early stopping ends the run
@@ -161,7 +161,7 @@ def train_progressive(spec: str, features, epochs: int = 100, batch_size: int = 
 
     ``frozen_stages`` > 0: the bias and the first ``frozen_stages`` own codebooks keep their initialisation (their
     gradients are zeroed), so the shortest cuts stay the k-means / residual-quantiser codes. The nested loss is
-    free to move the first codewords without changing their held-out cosine; for the lite backbone's seed-0 prq
+    free to move the first codewords without changing their held-out cosine; for the lite backbone's thumbnails-only seed-0 prq
     that cost 1.4 points of 8-bit zero-shot on unseen classes (41.9 after init, 40.5 after fine-tuning). Which
     k-means optimum the first stage lands in matters more: 41.9-45.8 over seeds (bench/results/progressive_frozen.md).
 
