@@ -113,13 +113,15 @@ def load_data(a):
         fit = tr.features[np.isin(tr.labels, split["train_classes"])]
         base, labels = tr.features, tr.labels
         desc = (f"database base: {Path(a.train).name} ({len(base)} features, all 200 classes); queries: {a.queries} random "
-                f"{Path(a.test).name} features; codebooks fit on the {len(fit)} train features of the 160 codec-training classes")
+                f"{Path(a.test).name} features; FAISS codebooks (and a prq not loaded from weights) fit on the {len(fit)} train "
+                "features of the 160 codec-training classes")
     else:  # the train features are not there: the val features, minus the queries, are the base
         keep = np.setdiff1d(np.arange(len(val.features)), qi)
         base, labels = val.features[keep], val.labels[keep]
         fit = base[np.isin(labels, split["train_classes"])]
         desc = (f"({Path(a.train).name} missing) database base: {Path(a.test).name} minus the queries ({len(base)} features); "
-                f"queries: {a.queries} random {Path(a.test).name} features; codebooks fit on the base's {len(fit)} features "
+                f"queries: {a.queries} random {Path(a.test).name} features; FAISS codebooks (and a prq not loaded from weights) fit on "
+                f"the base's {len(fit)} features "
                 "of the 160 codec-training classes")
     return fit, base, labels, val.features[qi], text[split["test_classes"]], text, desc
 
