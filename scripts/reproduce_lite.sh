@@ -132,7 +132,8 @@ python bench/progressive.py --part merge --codec none --train - --test - --out-n
     --peers-name progressive_beaminit progressive_lsqseeds
 
 # 9. probes, not shipped (README "On photos no codec trained on"): 64 own codebooks (seed 0 on the thumbnails, 3
-# seeds with the photo views); then every codec on photos no codec trained on
+# seeds with the photo views), the recipe on all 3,840 photo views (3 seeds); then every codec on photos no codec
+# trained on
 [ -f "$CACHE/codecs-o64/seed0/prq-s128o64k256/model.safetensors" ] || semcomp -v train --spec prq-s128o64k256 \
     --features "$FEAT/lite-tin-train.safetensors" --split-name tiny-imagenet --epochs 1000 --threads 1 --max-minutes 40 \
     --seed 0 --out-dir "$CACHE/codecs-o64/seed0"
@@ -141,9 +142,20 @@ for seed in 0 1 2; do  # both: 64 own codebooks trained with the photo views
       --features "$FEAT/lite-tin-train-photos.safetensors" --split-name tiny-imagenet --epochs 1000 --threads 1 \
       --max-minutes 40 --seed $seed --out-dir "$CACHE/codecs-o64photos/seed$seed"
 done
+for seed in 0 1 2; do  # the shipped recipe on all 3,840 photo views (the 3,200 outside the training classes are -1)
+  [ -f "$CACHE/codecs-allphotos/seed$seed/prq-s128o32k256/model.safetensors" ] || semcomp -v train --spec prq-s128o32k256 \
+      --features "$FEAT/lite-tin-train-photos.safetensors" --split-name tiny-imagenet --keep-unlabelled --epochs 1000 \
+      --threads 1 --max-minutes 40 --seed $seed --out-dir "$CACHE/codecs-allphotos/seed$seed"
+done
+python bench/progressive.py --part prq --codec "$CACHE"/codecs-allphotos/seed{0,1,2}/prq-s128o32k256 \
+    --train "$FEAT/lite-tin-train.safetensors" --test "$FEAT/lite-val.safetensors" --out-name progressive_allphotos
+python bench/progressive.py --part merge --codec none --train - --test - --out-name progressive_allphotos \
+    --peers-name progressive_beaminit progressive_lsqseeds
+python bench/paired_se.py --codec "$CACHE"/codecs-allphotos/seed{0,1,2}/prq-s128o32k256 --train "$FEAT/lite-tin-train.safetensors" \
+    --test "$FEAT/lite-val.safetensors" --out-name paired_se_allphotos
 python bench/photo_codecs.py --threads 1 --codec "$CACHE"/codecs-photos/seed{1,2}/prq-s128o32k256 \
-    "$CACHE"/codecs-plateau/seed{0,1,2}/prq-s128o32k256 "$CACHE/codecs-o64/seed0/prq-s128o64k256" \
-    "$CACHE"/codecs-o64photos/seed{0,1,2}/prq-s128o64k256
+    "$CACHE"/codecs-plateau/seed{0,1,2}/prq-s128o32k256 "$CACHE"/codecs-allphotos/seed{0,1,2}/prq-s128o32k256 \
+    "$CACHE/codecs-o64/seed0/prq-s128o64k256" "$CACHE"/codecs-o64photos/seed{0,1,2}/prq-s128o64k256
 python bench/paired_se.py --codec "$CACHE"/codecs-o64photos/seed{0,1,2}/prq-s128o64k256 \
     --train "$FEAT/lite-tin-train.safetensors" --test "$FEAT/lite-val.safetensors" --out-name paired_se_o64photos
 python bench/paired_se.py --codec "$CACHE/codecs-o64/seed0/prq-s128o64k256" --train "$FEAT/lite-tin-train.safetensors" \
