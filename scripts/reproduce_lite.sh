@@ -93,16 +93,22 @@ python bench/segment.py --n 500 --pairs 500
 python bench/compressed_domain.py --train "$FEAT/lite-tin-train.safetensors" --database 1000000 --queries 300 \
     --check-queries 100 --bits 64,128 --out-name compressed_domain_prq                       # ~30 min on 1 thread
 
+# a progressive recipe's 3 seeds against the peers: <name>_prq.json, then one table merged with the peers' runs
+prq_table() {
+  local name=$1; shift
+  python bench/progressive.py --part prq --codec "$@" --train "$FEAT/lite-tin-train.safetensors" \
+      --test "$FEAT/lite-val.safetensors" --out-name "$name"
+  python bench/progressive.py --part merge --codec none --train - --test - --out-name "$name" \
+      --peers-name progressive_beaminit progressive_lsqseeds
+}
+
 # 8. the progressive codec against its peers: step 5's three seeds (seed 0 is the shipped one), the peers fitted on
 # the same features (3 seeds where they are close), merged into one table (README "One progressive model")
 python bench/progressive.py --part peers --codec none --train "$FEAT/lite-tin-train.safetensors" --test "$FEAT/lite-val.safetensors" \
     --max-train 10000 --seeds 3 --seed-budgets 8 16 --opq-budgets 32 64 --out-name progressive_beaminit
 python bench/progressive.py --part peers --codec none --train "$FEAT/lite-tin-train.safetensors" --test "$FEAT/lite-val.safetensors" \
     --max-train 10000 --seeds 3 --seed-budgets 8 16 --budgets 8 16 --no-ladder --out-name progressive_lsqseeds
-python bench/progressive.py --part prq --codec "$CACHE"/codecs-photos/seed{0,1,2}/prq-s128o32k256 \
-    --train "$FEAT/lite-tin-train.safetensors" --test "$FEAT/lite-val.safetensors" --out-name progressive_photos
-python bench/progressive.py --part merge --codec none --train - --test - --out-name progressive_photos \
-    --peers-name progressive_beaminit progressive_lsqseeds
+prq_table progressive_photos "$CACHE"/codecs-photos/seed{0,1,2}/prq-s128o32k256
 # the 1-SE tie rule with the test images counted (paired bootstrap over images and seeds), and encode/decode speed
 python bench/paired_se.py --codec "$CACHE"/codecs-photos/seed{0,1,2}/prq-s128o32k256 --train "$FEAT/lite-tin-train.safetensors" \
     --test "$FEAT/lite-val.safetensors" --out-name paired_se_photos
@@ -113,10 +119,7 @@ for seed in 0 1 2; do
       --features "$FEAT/lite-tin-train.safetensors" --split-name tiny-imagenet --epochs 1000 --threads 1 --max-minutes 40 \
       --seed $seed --out-dir "$CACHE/codecs-plateau/seed$seed"
 done
-python bench/progressive.py --part prq --codec "$CACHE"/codecs-plateau/seed{0,1,2}/prq-s128o32k256 \
-    --train "$FEAT/lite-tin-train.safetensors" --test "$FEAT/lite-val.safetensors" --out-name progressive_frozen
-python bench/progressive.py --part merge --codec none --train - --test - --out-name progressive_frozen \
-    --peers-name progressive_beaminit progressive_lsqseeds
+prq_table progressive_frozen "$CACHE"/codecs-plateau/seed{0,1,2}/prq-s128o32k256
 python bench/paired_se.py --codec "$CACHE"/codecs-plateau/seed{0,1,2}/prq-s128o32k256 \
     --train "$FEAT/lite-tin-train.safetensors" --test "$FEAT/lite-val.safetensors"
 # the 8-bit cut as a k-means draw, and the first-stage-redo recipe tried against it (3 seeds; not shipped)
@@ -126,10 +129,7 @@ for seed in 0 1 2; do
       --features "$FEAT/lite-tin-train.safetensors" --split-name tiny-imagenet --prq-init-beam 5 --prq-frozen-stages 1 \
       --prq-first-redo 10 --epochs 1000 --threads 1 --max-minutes 40 --seed $seed --out-dir "$CACHE/codecs-redo/seed$seed"
 done
-python bench/progressive.py --part prq --codec "$CACHE"/codecs-redo/seed{0,1,2}/prq-s128o32k256 \
-    --train "$FEAT/lite-tin-train.safetensors" --test "$FEAT/lite-val.safetensors" --out-name progressive_redo
-python bench/progressive.py --part merge --codec none --train - --test - --out-name progressive_redo \
-    --peers-name progressive_beaminit progressive_lsqseeds
+prq_table progressive_redo "$CACHE"/codecs-redo/seed{0,1,2}/prq-s128o32k256
 
 # 9. probes, not shipped (README "On photos no codec trained on"): 64 own codebooks (seed 0 on the thumbnails, 3
 # seeds with the photo views), the recipe on all 3,840 photo views (3 seeds); then every codec on photos no codec
@@ -147,10 +147,7 @@ for seed in 0 1 2; do  # the shipped recipe on all 3,840 photo views (the 3,200 
       --features "$FEAT/lite-tin-train-photos.safetensors" --split-name tiny-imagenet --keep-unlabelled --epochs 1000 \
       --threads 1 --max-minutes 40 --seed $seed --out-dir "$CACHE/codecs-allphotos/seed$seed"
 done
-python bench/progressive.py --part prq --codec "$CACHE"/codecs-allphotos/seed{0,1,2}/prq-s128o32k256 \
-    --train "$FEAT/lite-tin-train.safetensors" --test "$FEAT/lite-val.safetensors" --out-name progressive_allphotos
-python bench/progressive.py --part merge --codec none --train - --test - --out-name progressive_allphotos \
-    --peers-name progressive_beaminit progressive_lsqseeds
+prq_table progressive_allphotos "$CACHE"/codecs-allphotos/seed{0,1,2}/prq-s128o32k256
 python bench/paired_se.py --codec "$CACHE"/codecs-allphotos/seed{0,1,2}/prq-s128o32k256 --train "$FEAT/lite-tin-train.safetensors" \
     --test "$FEAT/lite-val.safetensors" --out-name paired_se_allphotos
 python bench/photo_codecs.py --threads 1 --codec "$CACHE"/codecs-photos/seed{1,2}/prq-s128o32k256 \
