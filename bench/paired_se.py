@@ -81,6 +81,8 @@ def main() -> None:
     ap.add_argument("--beam-max", type=int, default=128, help="beam only up to this budget, as bench/progressive.py")
     ap.add_argument("--draws", type=int, default=10000)
     ap.add_argument("--out-name", default="paired_se")
+    ap.add_argument("--drop-unlabelled", action="store_true", help="fit the peers on --train's training-class items "
+                    "only, as `semcomp train --split-name` does (a photo file's -1 views left out)")
     # the peer configs of bench/progressive.py, at its defaults
     ap.add_argument("--rq-max", type=int, default=64)
     ap.add_argument("--rq-beam", type=int, default=5)
@@ -89,7 +91,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)
-    x_tr, x_te, y_te, text = load_split(a.train, a.test, a.split_name)
+    x_tr, x_te, y_te, text = load_split(a.train, a.test, a.split_name, keep_unlabelled=not a.drop_unlabelled)
     xt = torch.from_numpy(x_te)
     codecs = [load_codec(c) for c in a.codec]
     outcomes, top1 = {}, {}
@@ -120,7 +122,8 @@ def main() -> None:
                     r["ci95_excludes_0"] = "above" if lo > 0 else "below" if hi < 0 else "no"
                     rows.append(r)
                     print(r, flush=True)
-    rep = {"data": f"fit: {a.train} (peers: the training classes and any unlabelled items, no test class; peers on {a.max_train} sampled items "
+    which = "the training classes only" if a.drop_unlabelled else "the training classes and any unlabelled items"
+    rep = {"data": f"fit: {a.train} (peers: {which}, {len(x_tr)} features, no test class; peers on {a.max_train} sampled items "
                    f"per seed as bench/progressive.py); test: {a.test} ({len(x_te)} images of the unseen classes)",
            "codecs": a.codec, "seeds": a.seeds, "draws": a.draws, "top1_per_seed": top1, "comparisons": rows,
            "method": "difference of seed-mean top-1; SE = std over bootstrap draws resampling images (paired) and each "

@@ -78,15 +78,16 @@ class RotationSQ:
         return self.levels[np.searchsorted(edges, z)] @ self.r.T + self.mean
 
 
-def load_split(train: str, test: str, split_name: str):
-    """(x_tr, x_te, y_te, text): the training-class features (+ unlabelled photos, no test class), the unseen classes'
-    test features, their labels 0..n-1 and their class-name text features."""
+def load_split(train: str, test: str, split_name: str, keep_unlabelled: bool = True):
+    """(x_tr, x_te, y_te, text): the training-class features (+ the unlabelled photos, no test class, unless
+    ``keep_unlabelled`` is False: then exactly what `semcomp train --split-name` fits), the unseen classes' test
+    features, their labels 0..n-1 and their class-name text features."""
     from semcomp.data import load_features
     from semcomp.splits import class_split
 
     split = class_split(split_name)
     tr, te = load_features(train), load_features(test)
-    keep_tr = np.isin(tr.labels, split["train_classes"]) | (tr.labels < 0)
+    keep_tr = np.isin(tr.labels, split["train_classes"]) | ((tr.labels < 0) & keep_unlabelled)
     x_tr = np.ascontiguousarray(tr.features[keep_tr], dtype=np.float32)
     mask = np.isin(te.labels, split["test_classes"])
     remap = {c: i for i, c in enumerate(split["test_classes"])}
