@@ -112,6 +112,8 @@ prq_table progressive_photos "$CACHE"/codecs-photos/seed{0,1,2}/prq-s128o32k256
 # the 1-SE tie rule with the test images counted (paired bootstrap over images and seeds), and encode/decode speed
 python bench/paired_se.py --codec "$CACHE"/codecs-photos/seed{0,1,2}/prq-s128o32k256 --train "$FEAT/lite-tin-train.safetensors" \
     --test "$FEAT/lite-val.safetensors" --out-name paired_se_photos
+python bench/paired_se.py --codec "$CACHE"/codecs-photos/seed{0,1,2}/prq-s128o32k256 --drop-unlabelled \
+    --train "$FEAT/lite-tin-train-photos.safetensors" --test "$FEAT/lite-val.safetensors" --out-name paired_se_photos_samefit
 python bench/progressive_speed.py --features "$FEAT/lite-val.safetensors" --budgets 8 32 64 128 256 512 1024
 # the recipe on the thumbnails only (the shipped codec until 2026-12-05): 3 seeds, its table and its paired SE
 for seed in 0 1 2; do
