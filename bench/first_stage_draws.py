@@ -34,7 +34,7 @@ def main() -> None:
     import faiss
     from safetensors.numpy import load_file
 
-    from semcomp.splits import class_split
+    from semcomp.splits import class_split, fit_mask
     from semcomp.training.codec import holdout_split
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -52,7 +52,7 @@ def main() -> None:
     seen, unseen = np.asarray(split["train_classes"]), np.asarray(split["test_classes"])
     tr, te = load_file(a.train), load_file(a.test)
     x = F.normalize(torch.from_numpy(tr["features"]).float(), dim=-1)
-    keep = np.isin(tr["labels"], seen) | (tr["labels"] < 0)  # as semcomp train --keep-unlabelled: training classes + unlabelled photos
+    keep = fit_mask(tr["labels"], a.split_name, keep_unlabelled=True)  # as semcomp train --keep-unlabelled
     x, y = x[keep], tr["labels"][keep]
     fit_idx, val_idx = holdout_split(len(x), 0.1, 0)  # semcomp train --seed 0's held-out slice
     x_fit, x_val, y_val = x[fit_idx], x[val_idx], y[val_idx]

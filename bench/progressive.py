@@ -83,11 +83,11 @@ def load_split(train: str, test: str, split_name: str, keep_unlabelled: bool = T
     ``keep_unlabelled`` is False: then exactly what `semcomp train --split-name` fits), the unseen classes' test
     features, their labels 0..n-1 and their class-name text features."""
     from semcomp.data import load_features
-    from semcomp.splits import class_split
+    from semcomp.splits import class_split, fit_mask
 
     split = class_split(split_name)
     tr, te = load_features(train), load_features(test)
-    keep_tr = np.isin(tr.labels, split["train_classes"]) | ((tr.labels < 0) & keep_unlabelled)
+    keep_tr = fit_mask(tr.labels, split_name, keep_unlabelled)
     x_tr = np.ascontiguousarray(tr.features[keep_tr], dtype=np.float32)
     mask = np.isin(te.labels, split["test_classes"])
     remap = {c: i for i, c in enumerate(split["test_classes"])}

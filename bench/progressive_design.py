@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -34,13 +33,13 @@ def main():
 
     from semcomp.codecs import create_codec
     from semcomp.data import load_features
-    from semcomp.splits import class_split
+    from semcomp.splits import fit_mask
     from semcomp.training.progressive import train_progressive
 
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)
     fs = load_features(a.features)
-    keep = np.isin(fs.labels, class_split(a.split_name)["train_classes"]) | (fs.labels < 0)
+    keep = fit_mask(fs.labels, a.split_name, keep_unlabelled=True)
     x = fs.features[keep]
     rows = []
     for spec in a.specs:

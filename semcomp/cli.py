@@ -106,14 +106,15 @@ def _image_bytes(image, path: Path) -> bytes:
 
 
 def _select(fs, split_name: str | None, part: str, keep_unlabelled: bool = False):
-    """The items of the split's ``part`` classes; with ``keep_unlabelled`` also those labelled -1 (a codec-training
-    file's photos outside the split's classes: tower_features --codec-train-file leaves the test classes out)."""
+    """The items of the split's ``part`` classes; for "train", with ``keep_unlabelled``, also those labelled -1
+    (semcomp.splits.fit_mask)."""
     if not split_name:
         return fs
-    from .splits import class_split
+    from .splits import class_split, fit_mask
 
-    keep = np.isin(fs.labels, np.asarray(class_split(split_name)[f"{part}_classes"]))
-    return fs.subset(keep | (fs.labels < 0) if keep_unlabelled else keep)
+    if part == "train":
+        return fs.subset(fit_mask(fs.labels, split_name, keep_unlabelled))
+    return fs.subset(np.isin(fs.labels, np.asarray(class_split(split_name)[f"{part}_classes"])))
 
 
 # ----------------------------------------------------------------------------- extract

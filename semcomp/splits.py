@@ -20,6 +20,15 @@ def make_class_split(num_classes: int, train_frac: float = 0.8, seed: int = 0) -
             "train_classes": sorted(int(i) for i in perm[:k]), "test_classes": sorted(int(i) for i in perm[k:])}
 
 
+def fit_mask(labels, split_name: str, keep_unlabelled: bool = False) -> np.ndarray:
+    """(N,) bool: the items a codec may be fitted on — those of the split's training classes, and with
+    ``keep_unlabelled`` those labelled -1 too (a codec-training file's photo views outside the split's classes:
+    ``tower_features --codec-train-file`` leaves the test classes out)."""
+    labels = np.asarray(labels)
+    keep = np.isin(labels, class_split(split_name)["train_classes"])
+    return keep | (labels < 0) if keep_unlabelled else keep
+
+
 def class_split(name: str) -> dict:
     """A committed split by name, e.g. ``tiny-imagenet`` (160/40) or ``imagenet`` (800/200)."""
     path = SPLITS_DIR / f"{name}.json"
